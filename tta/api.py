@@ -1,0 +1,86 @@
+"""`tta.adapt`: wrap a model so that it predicts and adapts online."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import tta.losses  # noqa: F401  (registers the losses)
+import tta.selectors  # noqa: F401  (registers the selectors)
+from tta.engine import AdaptedModel
+from tta.layers import partition
+from tta.params import ParamSpec, freeze_all_but, select_parameters
+from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(
+    name: str, params: Sequence[nn.Parameter], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """Adam (betas 0.9/0.999) or SGD with momentum, as the TENT reference code builds them."""
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def adapt(
+    model: nn.Module,
+    loss: str = "tent",
+    params: ParamSpec = None,
+    selector: str = "all",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    steps: int = 1,
+    episodic: bool = False,
+    *,
+    selector_options: dict[str, Any] | None = None,
+    sample_filter: str | None = None,
+    sample_filter_options: dict[str, Any] | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    input_range: tuple[float, float] | None = (0.0, 1.0),
+    **loss_options: Any,
+) -> AdaptedModel:
+    """Wrap `model` for online test-time adaptation; the module is adapted in place.
+
+    `params` is which parameters may train at all ('norm', 'all', or a list of names; the
+    default comes from the loss), `selector` which of those layers each step may update.
+    Extra keyword arguments go to the loss. Pass `copy.deepcopy(model)` to keep the original.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"tta.adapt expects a torch.nn.Module, got {type(model).__name__}")
+    loss_fn = LOSSES.create(loss, **loss_options)
+    layer_selector = LAYER_SELECTORS.create(selector, **(selector_options or {}))
+    filter_fn = (
+        SAMPLE_FILTERS.create(sample_filter, **(sample_filter_options or {}))
+        if sample_filter
+        else None
+    )
+    loss_fn.configure(model)
+    trainable = select_parameters(model, params or loss_fn.default_params) if loss_fn.adapts else []
+    freeze_all_but(model, trainable)
+    layers = partition(trainable, getattr(layer_selector, "granularity", "module"))
+    opt = (
+        make_optimizer(optimizer, [p for _, p in trainable], lr, momentum, weight_decay)
+        if trainable
+        else None
+    )
+    return AdaptedModel(
+        model,
+        loss_fn,
+        layers,
+        layer_selector,
+        opt,
+        sample_filter=filter_fn,
+        steps=steps,
+        episodic=episodic,
+        input_range=input_range,
+    )

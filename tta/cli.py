@@ -1,0 +1,240 @@
+"""Command line: `tta-run` (adapt over a benchmark stream) and `tta-train` (source model)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import tta
+from tta.benchmarks import BENCHMARKS
+from tta.data.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS
+from tta.paths import cache_dir
+from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
+from tta.results import format_card, format_table, versions, write_results
+from tta.stream import SETTINGS, StreamResult, StreamSpec, peak_memory_mb, run_stream
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
+
+
+def parse_value(text: str) -> object:
+    """CLI option values: numbers and booleans parsed, 'inf' allowed, the rest kept as text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(pairs: list[str], flag: str) -> dict[str, object]:
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        options[key.replace("-", "_")] = parse_value(value)
+    return options
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tta-run",
+        description="Adapt a model online over a corruption benchmark stream and report errors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--loss", default="tent", help=f"one of: {', '.join(LOSSES.names())}")
+    p.add_argument(
+        "--selector", default="all", help=f"one of: {', '.join(LAYER_SELECTORS.names())}"
+    )
+    p.add_argument("--selector-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sample-filter", default=None, help="e.g. grad-align")
+    p.add_argument("--sample-filter-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--params", default=None, help="norm, all, or comma-separated parameter names")
+    p.add_argument(
+        "--benchmark", default="fmnist-c", help=f"one of: {', '.join(BENCHMARKS.names())}"
+    )
+    p.add_argument("--corruptions", default=None, help="comma-separated; default: the standard 15")
+    p.add_argument("--severity", type=int, default=5)
+    p.add_argument("--setting", default="continual", choices=SETTINGS)
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--n-per-domain", type=int, default=1000)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--steps", type=int, default=1, help="adaptation steps per batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help="where datasets are found or generated")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-source", action="store_true", help="skip the source-model baseline")
+    p.add_argument(
+        "--out", default=None, help="run directory (default runs/<time>-<loss>-<selector>)"
+    )
+    return p
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Fail on unknown names before any model is trained or data generated."""
+    LOSSES.get(args.loss)
+    LAYER_SELECTORS.get(args.selector)
+    BENCHMARKS.get(args.benchmark)
+    if args.sample_filter:
+        SAMPLE_FILTERS.get(args.sample_filter)
+    for name in args.corruptions or ():
+        if name not in ALL_CORRUPTIONS:
+            raise ValueError(f"unknown corruption {name!r}; known: {', '.join(ALL_CORRUPTIONS)}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def source_errors(model, spec: StreamSpec, benchmark, model_key: str, device) -> StreamResult:
+    """The unadapted model's errors on the same stream, cached (they never change)."""
+    key = hashlib.sha256(json.dumps([model_key, spec.card()], sort_keys=True).encode()).hexdigest()
+    path = cache_dir() / "source-results" / f"{key[:16]}.json"
+    if path.exists():
+        return StreamResult(per_domain=json.loads(path.read_text()))
+    source = tta.adapt(copy.deepcopy(model), loss="source")
+    result = run_stream(source, spec, benchmark, device, desc="source")
+    if not result.interrupted:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.per_domain))
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    args.corruptions = args.corruptions.split(",") if args.corruptions else None
+    check_names(args)
+    params = args.params.split(",") if args.params and "," in args.params else args.params
+    selector_options = parse_options(args.selector_option, "--selector-option")
+    filter_options = parse_options(args.sample_filter_option, "--sample-filter-option")
+    spec = StreamSpec(
+        benchmark=args.benchmark,
+        corruptions=tuple(args.corruptions or STANDARD_CORRUPTIONS),
+        severity=args.severity,
+        setting=args.setting,
+        batch_size=args.batch_size,
+        n_per_domain=args.n_per_domain,
+        seed=args.seed,
+    )
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    benchmark = BENCHMARKS.create(args.benchmark, data_root=args.data_root)
+    model, model_info = benchmark.source_model()
+    model = model.to(device)
+    benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)
+    adapted = tta.adapt(
+        model,
+        loss=args.loss,
+        params=params,
+        selector=args.selector,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        steps=args.steps,
+        momentum=args.momentum,
+        selector_options=selector_options,
+        sample_filter=args.sample_filter,
+        sample_filter_options=filter_options,
+    )
+    n_trainable = sum(p.numel() for layer in adapted.layers for p in layer.params)
+    method = {
+        "loss": args.loss,
+        "params": params or LOSSES.get(args.loss).default_params,
+        "n_trainable": n_trainable,
+        "selector": args.selector,
+        "selector_options": selector_options,
+        "sample_filter": args.sample_filter,
+        "sample_filter_options": filter_options,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "momentum": args.momentum if args.optimizer == "sgd" else None,
+        "steps": args.steps,
+    }
+    card = {**spec.card(), **method, **model_info, "device": str(device)}
+    print("protocol card:\n" + format_card(card), flush=True)
+    out_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.loss}-{args.selector}")
+    source = (
+        None
+        if args.no_source
+        else source_errors(model, spec, benchmark, json.dumps(model_info, default=str), device)
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = run_stream(adapted, spec, benchmark, device, desc=f"{args.loss}+{args.selector}")
+    results = {
+        "protocol": card,
+        "per_domain": result.per_domain,
+        "mean_error": result.mean_error,
+        "source_per_domain": source.per_domain if source else [],
+        "source_mean_error": source.mean_error if source else None,
+        "time_s": result.time_s,
+        "images_per_s": result.n_images / result.time_s if result.time_s else 0.0,
+        "peak_memory_mb": peak_memory_mb(device),
+        **result.counters,
+        "selector_trace": adapted.selector.trace(),
+        "interrupted": result.interrupted or bool(source and source.interrupted),
+        "versions": versions(),
+        "seed": args.seed,
+    }
+    label = f"{args.loss}+{args.selector}"
+    write_results(out_dir, results, label)
+    print(format_table(result.per_domain, results["source_per_domain"], label))
+    print(
+        f"{result.n_images} images in {result.time_s:.1f} s ({results['images_per_s']:.0f} img/s); "
+        f"forward {result.counters['n_forward']}, backward {result.counters['n_backward']}, "
+        f"skipped {result.counters['n_skipped']}; results in {out_dir}/"
+    )
+    if results["interrupted"]:
+        done = len(result.per_domain)
+        print(
+            f"interrupted: results of the {done} finished domain(s) of {len(spec.domains())} written to {out_dir}/"
+        )
+        return 130
+    return 0
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    args = run_parser().parse_args(argv)
+    try:
+        return run(args)
+    except USER_ERRORS as error:
+        print(f"tta-run: error: {error}", file=sys.stderr)
+        return 2
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from tta.models.source import SHIPPED_DIR, TrainConfig, source_model
+
+    p = argparse.ArgumentParser(prog="tta-train", description="Train the fmnist-c source model.")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
+    p.add_argument("--ship", action="store_true", help=f"also copy the checkpoint to {SHIPPED_DIR}")
+    args = p.parse_args(argv)
+    try:
+        config = TrainConfig(epochs=args.epochs, seed=args.seed)
+        model, checkpoint = source_model(config, args.data_root, retrain=args.retrain)
+    except USER_ERRORS as error:
+        print(f"tta-train: error: {error}", file=sys.stderr)
+        return 2
+    if args.ship:
+        SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, SHIPPED_DIR / f"{config.key()}.pt")
+    print(f"{config.key()}: clean accuracy {checkpoint['clean_accuracy']:.2f}%")
+    return 0

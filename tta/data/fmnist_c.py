@@ -1,0 +1,109 @@
+"""`fmnist-c`: Fashion-MNIST test images (padded to 32x32 RGB) under the 15 corruptions.
+
+Generated on demand with CIFAR-10-C strengths (the images are 32x32) and cached in the
+CIFAR-10-C layout under `<data-root>/FMNIST-C/`. Only the (corruption, severity, first n
+images) a run needs are generated; `manifest.json` records what exists, so an interrupted
+generation is simply redone. Every image has its own seed, so the bytes do not depend on
+how much was generated before or on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from tta.data.cifar_c_layout import create_files, read_domain
+from tta.data.corruptions import ALL_CORRUPTIONS, corrupt
+from tta.data.fmnist import HOW_TO_GET, load_fmnist
+from tta.paths import data_roots
+from tta.progress import progress
+
+CHUNK = 250
+
+
+def benchmark_root(data_root: str | os.PathLike | None, seed: int) -> Path:
+    return data_roots(data_root)[0] / "FMNIST-C" / f"seed{seed}"
+
+
+def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
+    key = [seed, ALL_CORRUPTIONS.index(corruption), severity, index]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def _corrupt_chunk(args: tuple[np.ndarray, str, int, int, int]) -> np.ndarray:
+    images, corruption, severity, seed, offset = args
+    return np.stack(
+        [
+            corrupt(image, corruption, severity, image_seed(seed, corruption, severity, offset + i))
+            for i, image in enumerate(images)
+        ]
+    )
+
+
+class Manifest:
+    """Which (corruption, severity) rows exist: `{"gaussian_noise": {"5": 1000}}`."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "manifest.json"
+        self.done: dict[str, dict[str, int]] = {}
+        if self.path.exists():
+            try:
+                self.done = json.loads(self.path.read_text())["generated"]
+            except (ValueError, KeyError):
+                self.done = {}
+
+    def count(self, corruption: str, severity: int) -> int:
+        return self.done.get(corruption, {}).get(str(severity), 0)
+
+    def record(self, corruption: str, severity: int, n: int) -> None:
+        self.done.setdefault(corruption, {})[str(severity)] = n
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"strengths": "cifar10-c", "generated": self.done}, indent=1))
+        tmp.replace(self.path)
+
+
+def ensure_generated(
+    domains: list[tuple[str, int]],
+    n: int,
+    seed: int = 0,
+    data_root: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Generate whatever of `domains` x first `n` images is missing; return the layout root."""
+    root = benchmark_root(data_root, seed)
+    manifest = Manifest(root)
+    missing = [(c, s) for c, s in domains if manifest.count(c, s) < n]
+    if not missing:
+        return root
+    clean, labels = load_fmnist("test", data_root)
+    if n > len(clean):
+        raise ValueError(f"fmnist-c has {len(clean)} images per domain; asked for {n}")
+    workers = workers or min(2, os.cpu_count() or 1)
+    bar = progress(total=len(missing) * n, desc="generating fmnist-c", unit="img")
+    with ProcessPoolExecutor(workers) as pool:
+        for corruption, severity in missing:
+            array = create_files(root, corruption, clean.shape, labels)
+            start = (severity - 1) * len(clean)
+            jobs = [
+                (clean[i : min(i + CHUNK, n)], corruption, severity, seed, i)
+                for i in range(0, n, CHUNK)
+            ]
+            for (_, _, _, _, offset), out in zip(jobs, pool.map(_corrupt_chunk, jobs), strict=True):
+                array[start + offset : start + offset + len(out)] = out
+                bar.update(len(out))
+            array.flush()
+            del array
+            manifest.record(corruption, severity, n)
+    bar.close()
+    return root
+
+
+def load_domain(
+    corruption: str, severity: int, n: int, seed: int = 0, data_root: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    root = ensure_generated([(corruption, severity)], n, seed, data_root)
+    return read_domain(root, corruption, severity, n, how_to_get=HOW_TO_GET)

@@ -1,0 +1,178 @@
+"""The adaptation engine, one step read top to bottom:
+
+forward -> loss -> sample selection -> backward -> proposed update -> layer selection
+-> commit -> logits (of the forward before the update, as TENT).
+
+Layer selection works by proposal and commit: the optimizer steps every trainable parameter,
+the selector measures the proposed change per layer, and the engine keeps only the selected
+layers' change. This works for any optimizer. With Adam, the moment estimates of every
+trainable layer are updated by the step (the gradient was observed) even where the
+parameter change is dropped; only the weights of unselected layers stay put.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tta.checks import check_images, expected_channels
+from tta.layers import Layer
+from tta.losses.base import Loss
+from tta.selectors.base import LayerSelector, Proposal
+
+
+@dataclass
+class Counters:
+    """How much work the engine did; reported in every result."""
+
+    n_forward: int = 0
+    n_backward: int = 0
+    n_steps: int = 0
+    n_skipped: int = 0
+    n_nonfinite: int = 0
+    n_filtered_samples: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class AdaptedModel(nn.Module):
+    """A model that predicts and adapts online. Built by `tta.adapt`.
+
+    Calling it returns the logits of the forward pass before that batch's update. The wrapped
+    module is adapted in place (`adapted.model` is the module you passed); `reset()` restores
+    the weights, buffers and optimizer state captured right after configuration.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Loss,
+        layers: list[Layer],
+        selector: LayerSelector,
+        optimizer: torch.optim.Optimizer | None,
+        sample_filter: object | None = None,
+        steps: int = 1,
+        episodic: bool = False,
+        input_range: tuple[float, float] | None = (0.0, 1.0),
+    ) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.model = model
+        self.loss = loss
+        self.layers = layers
+        self.selector = selector
+        self.optimizer = optimizer
+        self.sample_filter = sample_filter
+        self.steps = steps
+        self.episodic = episodic
+        self.input_range = input_range
+        self.counters = Counters()
+        self._channels = expected_channels(model)
+        self._params = [p for layer in layers for p in layer.params]
+        self._source_model = copy.deepcopy(model.state_dict())
+        self._source_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer else None
+        self._warned_nonfinite = False
+
+    @property
+    def adapts(self) -> bool:
+        return self.loss.adapts and self.optimizer is not None and bool(self._params)
+
+    def reset(self) -> None:
+        """Back to the source weights, buffers and optimizer state, exactly."""
+        self.model.load_state_dict(self._source_model, strict=True)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(self._source_optimizer))
+        self.loss.reset()
+        self.selector.reset()
+        if self.sample_filter is not None:
+            self.sample_filter.reset()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits with the current weights, without adapting."""
+        check_images(x, self._channels, self.input_range)
+        return self.model(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self._channels, self.input_range)
+        if self.episodic:
+            self.reset()
+        if not self.adapts:
+            with torch.no_grad():
+                self.counters.n_forward += 1
+                return self.model(x)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                logits = self._step(x)
+        return logits
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        counters = self.counters
+        logits = self.model(x)
+        counters.n_forward += 1
+        keep = self.sample_filter.keep(x, logits, self) if self.sample_filter else None
+        if keep is not None:
+            counters.n_filtered_samples += int((~keep).sum())
+            if not bool(keep.any()):
+                counters.n_skipped += 1
+                return logits.detach()
+        loss = self.loss(logits if keep is None else logits[keep])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        counters.n_backward += 1
+        if not self._finite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            counters.n_skipped += 1
+            counters.n_nonfinite += 1
+            return logits.detach()
+        if self.selector.needs_proposal:
+            self._propose_and_commit()
+        else:
+            self.optimizer.step()
+            counters.n_steps += 1
+        return logits.detach()
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """A NaN/inf loss or gradient skips the step, so the weights stay finite."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        finite = bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all())
+        if not finite and not self._warned_nonfinite:
+            warnings.warn(
+                f"non-finite loss or gradient (loss={loss.item():.3g}); the update was skipped "
+                "and counted in n_nonfinite. Lower the learning rate if this repeats.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._warned_nonfinite = True
+        return finite
+
+    @torch.no_grad()
+    def _propose_and_commit(self) -> None:
+        before = [[p.detach().clone() for p in layer.params] for layer in self.layers]
+        grads = [[p.grad for p in layer.params] for layer in self.layers]
+        self.optimizer.step()
+        updates = [
+            [p.detach() - b for p, b in zip(layer.params, layer_before, strict=True)]
+            for layer, layer_before in zip(self.layers, before, strict=True)
+        ]
+        step = self.counters.n_steps + self.counters.n_skipped
+        proposal = Proposal(step, self.layers, before, updates, grads)
+        scales = self.selector.select(proposal)
+        for layer, scale, layer_before, layer_updates in zip(
+            self.layers, scales, before, updates, strict=True
+        ):
+            if scale == 1.0:
+                continue
+            for param, b, u in zip(layer.params, layer_before, layer_updates, strict=True):
+                param.copy_(b if scale == 0.0 else b + scale * u)
+        if any(scale != 0.0 for scale in scales):
+            self.counters.n_steps += 1
+        else:
+            self.counters.n_skipped += 1

@@ -1,0 +1,32 @@
+"""`tent`: Wang et al., "Tent: Fully Test-Time Adaptation by Entropy Minimization", ICLR 2021.
+
+As the official code (DequanWang/tent): minimize the batch-mean prediction entropy; train only
+the affine weight/bias of the normalization layers (`params='norm'`); every BatchNorm
+normalizes with the current batch's statistics (running statistics dropped, in train and
+eval mode); one step per batch; the returned logits are those of the forward pass before the
+update. Defaults of the paper: CIFAR Adam lr 1e-3 (betas 0.9/0.999, no weight decay), batch
+200; ImageNet SGD lr 2.5e-4, momentum 0.9, batch 64.
+
+One deliberate difference: the official code calls `model.train()` on the whole model; we put
+only the BatchNorm layers in train mode, so dropout (if any) stays off. For models without
+dropout the two are identical.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tta.losses.entropy import EntropyLoss
+from tta.params import require_batchnorm, use_batch_statistics
+from tta.registry import LOSSES
+
+
+@LOSSES.register("tent")
+class TentLoss(EntropyLoss):
+    name = "tent"
+    default_params = "norm"
+
+    def configure(self, model: nn.Module) -> None:
+        require_batchnorm(model, "loss 'tent'")
+        model.eval()
+        use_batch_statistics(model)

@@ -1,0 +1,101 @@
+"""Write a run's results: results.json, results.csv and a per-domain bar chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    import tta
+
+    return {
+        "tta": tta.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def format_table(per_domain: list[dict], source: list[dict] | None, label: str) -> str:
+    """Per-domain errors, the source model beside the adapted one, and their means."""
+    source_by = {(d["domain"], d["severity"]): d["error"] for d in source or []}
+    width = max(10, len(label) + 3)
+    lines = [f"{'domain':<20}{'sev':>4}{'n':>7}{'source %':>10}{label + ' %':>{width}}"]
+    matched = []
+    for d in per_domain:
+        src = source_by.get((d["domain"], d["severity"]))
+        matched.append(src)
+        src_text = f"{src:10.2f}" if src is not None else f"{'-':>10}"
+        lines.append(
+            f"{d['domain']:<20}{d['severity']:>4}{d['n']:>7}{src_text}{d['error']:>{width}.2f}"
+        )
+    mean = np.mean([d["error"] for d in per_domain]) if per_domain else float("nan")
+    known = [s for s in matched if s is not None]
+    src_mean = np.mean(known) if known else float("nan")
+    lines.append(f"{'mean':<31}{src_mean:10.2f}{mean:>{width}.2f}")
+    return "\n".join(lines)
+
+
+def format_card(card: dict) -> str:
+    width = max(len(k) for k in card)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in card.items())
+
+
+def plot_errors(per_domain: list[dict], source: list[dict] | None, label: str, path: Path) -> None:
+    """Bar chart of per-domain error, source beside adapted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d["domain"] for d in per_domain]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
+    if source:
+        src = {(d["domain"], d["severity"]): d["error"] for d in source}
+        heights = [src.get((d["domain"], d["severity"]), np.nan) for d in per_domain]
+        ax.bar(x - 0.2, heights, 0.4, label="source", color="#bbbbbb")
+    ax.bar(x + (0.2 if source else 0), [d["error"] for d in per_domain], 0.4, label=label)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("error (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(out_dir: Path, results: dict, label: str) -> None:
+    """results.json (everything), results.csv (per domain) and errors.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    source = {
+        (d["domain"], d["severity"]): d["error"] for d in results.get("source_per_domain", [])
+    }
+    with open(out_dir / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["domain", "severity", "n", "source_error", "error"])
+        for d in results["per_domain"]:
+            writer.writerow(
+                [
+                    d["domain"],
+                    d["severity"],
+                    d["n"],
+                    source.get((d["domain"], d["severity"]), ""),
+                    d["error"],
+                ]
+            )
+    if results["per_domain"]:
+        plot_errors(
+            results["per_domain"], results.get("source_per_domain"), label, out_dir / "errors.png"
+        )

@@ -1,0 +1,48 @@
+"""Interfaces of layer selectors and sample filters, and the proposal a selector judges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from tta.layers import Layer
+
+
+@dataclass
+class Proposal:
+    """What the optimizer proposed this step, per layer.
+
+    `updates[i]` and `before[i]` are lists of tensors aligned with `layers[i].params`:
+    the proposed change u (after - before) and the parameters before the step.
+    """
+
+    step: int
+    layers: list[Layer]
+    before: list[list[torch.Tensor]]
+    updates: list[list[torch.Tensor]]
+    grads: list[list[torch.Tensor | None]] = field(default_factory=list)
+
+
+class LayerSelector:
+    """Decides which layers keep their proposed update.
+
+    `needs_proposal=False` means "keep every update" and lets the engine skip the
+    proposal/commit bookkeeping entirely (the fast path of plain methods).
+    `select` returns one scale per layer: 0 drops the update, 1 keeps it, other values
+    scale it (AutoRGN); returning all zeros skips the step.
+    """
+
+    name = "selector"
+    needs_proposal = True
+    granularity = "module"
+
+    def reset(self) -> None:
+        """Forget state kept across steps (anchors, windows)."""
+
+    def select(self, proposal: Proposal) -> list[float]:
+        raise NotImplementedError
+
+    def trace(self) -> dict:
+        """Per-step record of the decisions (for plots and results.json)."""
+        return {}
