@@ -67,7 +67,7 @@ def adapt(
     loss_fn.configure(model)
     trainable = select_parameters(model, params or loss_fn.default_params) if loss_fn.adapts else []
     freeze_all_but(model, trainable)
-    layers = partition(trainable, getattr(layer_selector, "granularity", "module"))
+    layers = partition(trainable, getattr(layer_selector, "granularity", "module"), model)
     opt = (
         make_optimizer(optimizer, [p for _, p in trainable], lr, momentum, weight_decay)
         if trainable

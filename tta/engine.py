@@ -162,7 +162,7 @@ class AdaptedModel(nn.Module):
             [p.detach() - b for p, b in zip(layer.params, layer_before, strict=True)]
             for layer, layer_before in zip(self.layers, before, strict=True)
         ]
-        step = self.counters.n_steps + self.counters.n_skipped
+        step = self.counters.n_forward - 1  # index of this forward pass in the stream
         proposal = Proposal(step, self.layers, before, updates, grads)
         scales = self.selector.select(proposal)
         for layer, scale, layer_before, layer_updates in zip(

@@ -29,7 +29,9 @@ def _owner(param_name: str) -> str:
 
 
 def partition(
-    named_params: list[tuple[str, nn.Parameter]], granularity: str = "module"
+    named_params: list[tuple[str, nn.Parameter]],
+    granularity: str = "module",
+    model: nn.Module | None = None,
 ) -> list[Layer]:
     """Group `named_params` (in model order) into layers at the given granularity."""
     if granularity == "tensor":

@@ -52,6 +52,7 @@ class StreamResult:
     time_s: float = 0.0
     n_images: int = 0
     interrupted: bool = False
+    domain_starts: list[int] = field(default_factory=list)  # forward index of each domain
     counters: dict = field(default_factory=dict)
 
     @property
@@ -89,6 +90,7 @@ def run_stream(
     start = time.perf_counter()
     try:
         for corruption, severity in spec.domains():
+            result.domain_starts.append(adapted.counters.n_forward)
             images, labels = benchmark.load(corruption, severity, spec.n_per_domain, spec.seed)
             order = rng.permutation(len(images)) if spec.shuffle else np.arange(len(images))
             if spec.setting == "reset-each-shift":
