@@ -8,6 +8,7 @@ adapted.reset()                            # back to the source weights
 
 from tta.api import adapt
 from tta.engine import AdaptedModel
+from tta.layers import list_layers as layers  # noqa: F401  (tta.layers(model))
 from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
 
 __version__ = "0.1.0"

@@ -54,9 +54,14 @@ def adapt(
     `params` is which parameters may train at all ('norm', 'all', or a list of names; the
     default comes from the loss), `selector` which of those layers each step may update.
     Extra keyword arguments go to the loss. Pass `copy.deepcopy(model)` to keep the original.
+    Arguments are checked before the model is touched, so a bad call leaves it as it was.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tta.adapt expects a torch.nn.Module, got {type(model).__name__}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    if lr <= 0 or steps < 1:
+        raise ValueError(f"lr must be positive and steps >= 1, got lr={lr}, steps={steps}")
     loss_fn = LOSSES.create(loss, **loss_options)
     layer_selector = LAYER_SELECTORS.create(selector, **(selector_options or {}))
     filter_fn = (
@@ -64,10 +69,17 @@ def adapt(
         if sample_filter
         else None
     )
-    loss_fn.configure(model)
+    loss_fn.check_model(model)
     trainable = select_parameters(model, params or loss_fn.default_params) if loss_fn.adapts else []
+    loss_fn.configure(model)
     freeze_all_but(model, trainable)
-    layers = partition(trainable, getattr(layer_selector, "granularity", "module"), model)
+    layers = partition(
+        trainable,
+        getattr(layer_selector, "granularity", "module"),
+        model,
+        block_patterns=getattr(layer_selector, "block_patterns", None),
+    )
+    layer_selector.bind(model, layers)
     opt = (
         make_optimizer(optimizer, [p for _, p in trainable], lr, momentum, weight_decay)
         if trainable

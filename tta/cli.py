@@ -19,6 +19,7 @@ from tta.paths import cache_dir
 from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
 from tta.results import format_card, format_table, versions, write_results
 from tta.stream import SETTINGS, StreamResult, StreamSpec, peak_memory_mb, run_stream
+from tta.trace import write_trace
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
 
@@ -176,6 +177,18 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = run_stream(adapted, spec, benchmark, device, desc=f"{args.loss}+{args.selector}")
+    trace = adapted.selector.trace()
+    selector_summary = (
+        write_trace(
+            out_dir,
+            trace,
+            [layer.name for layer in adapted.layers],
+            result.domain_starts,
+            [d["domain"] for d in result.per_domain],
+        )
+        if trace
+        else None
+    )
     results = {
         "protocol": card,
         "per_domain": result.per_domain,
@@ -186,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         "images_per_s": result.n_images / result.time_s if result.time_s else 0.0,
         "peak_memory_mb": peak_memory_mb(device),
         **result.counters,
-        "selector_trace": adapted.selector.trace(),
+        "selector": selector_summary,
         "interrupted": result.interrupted or bool(source and source.interrupted),
         "versions": versions(),
         "seed": args.seed,

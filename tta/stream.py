@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -73,6 +74,13 @@ def to_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
+def domain_order(n: int, seed: int, corruption: str, severity: int, shuffle: bool) -> np.ndarray:
+    """A domain's image order depends on its own name and the seed, not on the domains before."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, zlib.crc32(corruption.encode()), severity]).permutation(n)
+
+
 def run_stream(
     adapted: AdaptedModel,
     spec: StreamSpec,
@@ -84,7 +92,6 @@ def run_stream(
     device = torch.device(device)
     adapted.episodic = spec.setting == "episodic"
     result = StreamResult()
-    rng = np.random.default_rng(spec.seed)
     total = len(spec.domains()) * spec.n_per_domain
     bar = progress(total=total, desc=desc, unit="img")
     start = time.perf_counter()
@@ -92,7 +99,7 @@ def run_stream(
         for corruption, severity in spec.domains():
             result.domain_starts.append(adapted.counters.n_forward)
             images, labels = benchmark.load(corruption, severity, spec.n_per_domain, spec.seed)
-            order = rng.permutation(len(images)) if spec.shuffle else np.arange(len(images))
+            order = domain_order(len(images), spec.seed, corruption, severity, spec.shuffle)
             if spec.setting == "reset-each-shift":
                 adapted.reset()
             wrong = 0

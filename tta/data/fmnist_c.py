@@ -10,6 +10,7 @@ how much was generated before or on the number of workers.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -83,8 +84,15 @@ def ensure_generated(
     if n > len(clean):
         raise ValueError(f"fmnist-c has {len(clean)} images per domain; asked for {n}")
     workers = workers or min(2, os.cpu_count() or 1)
+    if len(missing) * n <= 2 * CHUNK:
+        workers = 1  # not worth starting processes
     bar = progress(total=len(missing) * n, desc="generating fmnist-c", unit="img")
-    with ProcessPoolExecutor(workers) as pool:
+    pool = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        if workers > 1
+        else None
+    )
+    try:
         for corruption, severity in missing:
             array = create_files(root, corruption, clean.shape, labels)
             start = (severity - 1) * len(clean)
@@ -92,12 +100,16 @@ def ensure_generated(
                 (clean[i : min(i + CHUNK, n)], corruption, severity, seed, i)
                 for i in range(0, n, CHUNK)
             ]
-            for (_, _, _, _, offset), out in zip(jobs, pool.map(_corrupt_chunk, jobs), strict=True):
+            outputs = pool.map(_corrupt_chunk, jobs) if pool else map(_corrupt_chunk, jobs)
+            for (_, _, _, _, offset), out in zip(jobs, outputs, strict=True):
                 array[start + offset : start + offset + len(out)] = out
                 bar.update(len(out))
             array.flush()
             del array
             manifest.record(corruption, severity, n)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     bar.close()
     return root
 

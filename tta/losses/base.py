@@ -17,6 +17,9 @@ class Loss:
     default_params = "norm"
     adapts = True
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a clear error if the model lacks what the method needs; runs before any change."""
+
     def configure(self, model: nn.Module) -> None:
         """Prepare the model (e.g. BatchNorm on batch statistics). Called once, before snapshot."""
 

@@ -19,7 +19,9 @@ class NormLoss(Loss):
     name = "norm"
     adapts = False
 
-    def configure(self, model: nn.Module) -> None:
+    def check_model(self, model: nn.Module) -> None:
         require_batchnorm(model, "loss 'norm' (test-batch BatchNorm statistics)")
+
+    def configure(self, model: nn.Module) -> None:
         model.eval()
         use_batch_statistics(model)

@@ -26,7 +26,9 @@ class TentLoss(EntropyLoss):
     name = "tent"
     default_params = "norm"
 
-    def configure(self, model: nn.Module) -> None:
+    def check_model(self, model: nn.Module) -> None:
         require_batchnorm(model, "loss 'tent'")
+
+    def configure(self, model: nn.Module) -> None:
         model.eval()
         use_batch_statistics(model)

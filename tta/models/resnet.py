@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FMNIST_MEAN = (0.2860, 0.2860, 0.2860)  # Fashion-MNIST padded to 32x32 (zeros included)
+FMNIST_MEAN = (0.2860, 0.2860, 0.2860)  # Fashion-MNIST training-set statistics at 28x28
 FMNIST_STD = (0.3205, 0.3205, 0.3205)
 
 

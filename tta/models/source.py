@@ -86,7 +86,7 @@ def train(config: TrainConfig, data_root: str | None = None) -> dict:
         weight_decay=config.weight_decay,
         nesterov=True,
     )
-    steps_per_epoch = len(images) // config.batch_size
+    steps_per_epoch = max(1, len(images) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )

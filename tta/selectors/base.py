@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from tta.layers import Layer
 
@@ -36,6 +37,13 @@ class LayerSelector:
     name = "selector"
     needs_proposal = True
     granularity = "module"
+
+    def bind(self, model: nn.Module, layers: list[Layer]) -> None:
+        """Called once by `tta.adapt` with the model and its layers, before the first step.
+
+        Selectors that decide from module types or layer names (`norm`, `fixed`) resolve and
+        validate their choice here, so a mistake surfaces when the model is wrapped.
+        """
 
     def reset(self) -> None:
         """Forget state kept across steps (anchors, windows)."""
