@@ -316,8 +316,8 @@ def test_end_to_end_only_selected_layers_change(name, options, images):
         assert {adapted.layers[i].param_names[0] for i in scaled} <= changed
     else:
         assert changed == expected
-    n_params = len(list(model.parameters()))
-    assert len(changed) == n_params if name == "auto-rgn" else len(changed) < n_params
+    if name != "auto-rgn":
+        assert len(changed) < len(list(model.parameters())), "some layer must stay frozen"
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert adapted.counters.n_steps + adapted.counters.n_skipped == 3
     assert adapted.counters.n_skipped == sum(trace["skipped"])

@@ -71,8 +71,6 @@ def adapt(
     )
     loss_fn.check_model(model)
     trainable = select_parameters(model, params or loss_fn.default_params) if loss_fn.adapts else []
-    loss_fn.configure(model)
-    freeze_all_but(model, trainable)
     layers = partition(
         trainable,
         getattr(layer_selector, "granularity", "module"),
@@ -80,6 +78,8 @@ def adapt(
         block_patterns=getattr(layer_selector, "block_patterns", None),
     )
     layer_selector.bind(model, layers)
+    loss_fn.configure(model)  # the first change to the model: every check has passed
+    freeze_all_but(model, trainable)
     opt = (
         make_optimizer(optimizer, [p for _, p in trainable], lr, momentum, weight_decay)
         if trainable

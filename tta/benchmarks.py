@@ -33,13 +33,21 @@ class Benchmark:
     def source_model(self) -> tuple[nn.Module, dict]:
         raise NotImplementedError
 
+    def source_samples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`n` clean images (uint8 NHWC) and labels from the source split (e.g. EATA's Fisher)."""
+        raise NotImplementedError
+
 
 @BENCHMARKS.register("fmnist-c")
 class FashionMnistC(Benchmark):
     """Fashion-MNIST-C, generated offline with CIFAR-10-C strengths; ResNet-20 source model."""
 
-    def __init__(self, data_root: str | None = None) -> None:
+    def __init__(self, data_root: str | None = None, download: bool = False) -> None:
         super().__init__("fmnist-c", 10, data_root=data_root)
+        if download:  # fetch Fashion-MNIST now if it is nowhere on disk
+            from tta.data.fmnist import find_dir
+
+            find_dir(data_root, download=True)
 
     def prepare(self, domains: list[tuple[str, int]], n: int, seed: int) -> None:
         from tta.data.fmnist_c import ensure_generated
@@ -60,3 +68,10 @@ class FashionMnistC(Benchmark):
         info = {"model": checkpoint["config"]["arch"], "checkpoint": checkpoint["config"]}
         info["clean_accuracy"] = checkpoint.get("clean_accuracy")
         return model, info
+
+    def source_samples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        from tta.data.fmnist import load_fmnist
+
+        images, labels = load_fmnist("train", self.data_root)
+        index = np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False)
+        return images[index], labels[index]

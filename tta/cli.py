@@ -75,6 +75,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1, help="adaptation steps per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help="where datasets are found or generated")
+    p.add_argument(
+        "--download", action="store_true", help="download missing source data (needs internet)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-source", action="store_true", help="skip the source-model baseline")
     p.add_argument(
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     )
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    benchmark = BENCHMARKS.create(args.benchmark, data_root=args.data_root)
+    benchmark = BENCHMARKS.create(args.benchmark, data_root=args.data_root, download=args.download)
     model, model_info = benchmark.source_model()
     model = model.to(device)
     benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)

@@ -1,6 +1,6 @@
 """The adaptation engine, one step read top to bottom:
 
-forward -> loss -> sample selection -> backward -> proposed update -> layer selection
+forward -> sample selection -> loss and backward -> proposed update -> layer selection
 -> commit -> logits (of the forward before the update, as TENT).
 
 Layer selection works by proposal and commit: the optimizer steps every trainable parameter,
@@ -106,7 +106,7 @@ class AdaptedModel(nn.Module):
         if not self.adapts:
             with torch.no_grad():
                 self.counters.n_forward += 1
-                return self.model(x)
+                return self.loss.output(self, x, self.model(x))
         with torch.enable_grad():
             for _ in range(self.steps):
                 logits = self._step(x)
@@ -119,24 +119,28 @@ class AdaptedModel(nn.Module):
         keep = self.sample_filter.keep(x, logits, self) if self.sample_filter else None
         if keep is not None:
             counters.n_filtered_samples += int((~keep).sum())
-            if not bool(keep.any()):
-                counters.n_skipped += 1
-                return logits.detach()
-        loss = self.loss(logits if keep is None else logits[keep])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        counters.n_backward += 1
-        if not self._finite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
+        if keep is not None and not bool(keep.any()):
             counters.n_skipped += 1
-            counters.n_nonfinite += 1
-            return logits.detach()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss.backward(self, x, logits, keep)
+            if loss is None:  # the method found nothing to learn from (e.g. EATA's filters)
+                counters.n_skipped += 1
+            elif not self._finite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                counters.n_skipped += 1
+                counters.n_nonfinite += 1
+            else:
+                self._update()
+                self.loss.after_update(self)
+        return self.loss.output(self, x, logits.detach())
+
+    def _update(self) -> None:
         if self.selector.needs_proposal:
             self._propose_and_commit()
         else:
             self.optimizer.step()
-            counters.n_steps += 1
-        return logits.detach()
+            self.counters.n_steps += 1
 
     def _finite(self, loss: torch.Tensor) -> bool:
         """A NaN/inf loss or gradient skips the step, so the weights stay finite."""

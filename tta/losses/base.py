@@ -1,9 +1,20 @@
-"""The interface every loss implements: configure the model, then score a batch of logits."""
+"""The interface every loss (method) implements.
+
+A plain loss only implements `__call__(logits) -> scalar`. Methods that need more hook into
+the engine's step (see tta/engine.py): `backward` (e.g. SAR's two-pass sharpness-aware
+gradient, EATA's weighting), `output` (what the user gets back, e.g. CoTTA's teacher) and
+`after_update` (e.g. an EMA teacher, stochastic restore, SAR's recovery).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from tta.engine import AdaptedModel
 
 
 class Loss:
@@ -28,6 +39,26 @@ class Loss:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def backward(
+        self,
+        adapted: AdaptedModel,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        keep: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Fill the trainable parameters' .grad; return the detached loss, or None to skip."""
+        loss = self(logits if keep is None else logits[keep])
+        loss.backward()
+        adapted.counters.n_backward += 1
+        return loss.detach()
+
+    def output(self, adapted: AdaptedModel, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The predictions returned for this batch (default: the logits before the update)."""
+        return logits
+
+    def after_update(self, adapted: AdaptedModel) -> None:
+        """Runs after every committed update."""
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:

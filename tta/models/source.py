@@ -30,7 +30,7 @@ class TrainConfig:
 
     arch: str = "resnet20"
     dataset: str = "fmnist"
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9

@@ -12,8 +12,8 @@ momentum and weight decay) and for Adam, whose steps are linear in the learning 
 whose state does not depend on it.
 
 Defaults and the differences from the official code:
-- granularity "tensor" (weight and bias apart, as the paper); "module" or "block" take the
-  norms over each layer's flattened parameters.
+- granularity "tensor" (weight and bias apart, as the paper); "module" or "block" (with
+  `block_patterns`) take the norms over each layer's flattened parameters.
 - the weights are recomputed every step from that step's gradient and the parameters before
   the update (the official code averages RGN over 5 labelled batches once per epoch; online
   test-time adaptation has one batch per step).
@@ -26,6 +26,7 @@ Defaults and the differences from the official code:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -61,8 +62,11 @@ def rgn_scales(grad_norms: list[float], param_norms: list[float]) -> list[float]
 class AutoRGN(LayerSelector):
     name = "auto-rgn"
 
-    def __init__(self, granularity: str = "tensor") -> None:
+    def __init__(
+        self, granularity: str = "tensor", block_patterns: Sequence[str] | str | None = None
+    ) -> None:
         self.granularity = granularity
+        self.block_patterns = block_patterns
         self._trace: dict[str, list] = {"step": [], "selected": [], "skipped": [], "scales": []}
 
     def select(self, proposal: Proposal) -> list[float]:

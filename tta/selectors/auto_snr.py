@@ -20,16 +20,20 @@ is at least about as strong as its step-to-step noise.
 
 Defaults: `threshold=0.95` and `eps=1e-8` (the official code's), `window=5` (its 5 batches),
 `normalize=False`; `normalize=True` first divides the SNRs by their max, the "normalized to
-[0, 1]" reading of the paper's text (then the max tensor is always kept). Granularity
-"tensor" (others: the elements of each layer's flattened parameters). The first `window - 1`
-steps only collect gradients and are skipped (the official code also measures before it
-tunes); `reset()` empties the window. Memory: `window` copies of the trainable parameters.
-Unlike the official code, parameters named "bn" are not excluded: `params=` decides.
+[0, 1]" reading of the paper's text (then the max tensor is always kept). As in the official
+code the absolute `eps` is not negligible: per-element gradients of ~1e-4 have variances below
+1e-8, so tensors with small gradients also score low; pass a smaller `eps` for a scale-free SNR.
+Granularity "tensor" ("module" or "block" with `block_patterns`: the elements of each layer's
+parameters). The first `window - 1` steps only collect gradients and are skipped (the official
+code also measures before it tunes); `reset()` empties the window. Memory: `window` copies of
+the trainable parameters. Unlike the official code, parameters named "bn" are not excluded:
+`params=` decides.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import torch
 
@@ -66,6 +70,7 @@ class AutoSNR(LayerSelector):
         normalize: bool = False,
         eps: float = 1e-8,
         granularity: str = "tensor",
+        block_patterns: Sequence[str] | str | None = None,
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"selector 'auto-snr': window must be an integer >= 2, got {window!r}")
@@ -76,6 +81,7 @@ class AutoSNR(LayerSelector):
         self.normalize = normalize
         self.eps = eps
         self.granularity = granularity
+        self.block_patterns = block_patterns
         self._history: list[deque[torch.Tensor]] = []
         self._trace: dict[str, list] = {"step": [], "selected": [], "skipped": [], "snr": []}
 

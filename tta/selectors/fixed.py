@@ -12,9 +12,10 @@ Options, exactly one of:
 - `last`: the last k trainable layers, in model order.
 
 `granularity` ("module" by default; "block" makes `first=1` the stem, "tensor" counts
-weight and bias apart) decides what a layer is. Names are resolved against the trainable
-layers in `bind` (called by `tta.adapt`), or at the first step when the engine is built
-by hand; a name that matches nothing, or k larger than the number of layers, raises.
+weight and bias apart; `block_patterns` overrides stage discovery, see `tta.layers`) decides
+what a layer is. Names are resolved against the trainable layers in `bind` (called by
+`tta.adapt`), or at the first step when the engine is built by hand; a name that matches
+nothing, or k larger than the number of layers, raises.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class FixedLayers(LayerSelector):
         first: int | None = None,
         last: int | None = None,
         granularity: str = "module",
+        block_patterns: Sequence[str] | str | None = None,
     ) -> None:
         options = {"layers": layers, "first": first, "last": last}
         given = [name for name, value in options.items() if value is not None]
@@ -75,6 +77,7 @@ class FixedLayers(LayerSelector):
         self.first = None if first is None else _positive_int("first", first)
         self.last = None if last is None else _positive_int("last", last)
         self.granularity = granularity
+        self.block_patterns = block_patterns
         self._names: list[str] | None = None
         self._scales: list[float] = []
         self._trace: dict[str, list] = {"step": [], "selected": [], "skipped": []}

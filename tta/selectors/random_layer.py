@@ -5,14 +5,16 @@ AAAI 2025): it updates as few layers per step as GALA's default, but ignores the
 any gap between the two is what gradient alignment buys.
 
 Options: `seed=0` (the same seed gives the same sequence of draws), `k=1` (layers per step,
-drawn without replacement), `granularity="module"`. As in GALA, a layer whose proposed update
-is exactly zero is not a candidate; a step with no candidate is skipped. `reset()` does not
-re-seed: an episodic run (reset before every batch) still draws a new layer each batch.
+drawn without replacement), `granularity="module"` (and `block_patterns` for "block"). As in
+GALA, a layer whose proposed update is exactly zero is not a candidate; a step with no
+candidate is skipped. `reset()` does not re-seed: an episodic run (reset before every batch)
+still draws a new layer each batch.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import torch
 
@@ -32,12 +34,19 @@ def nonzero_layers(proposal: Proposal) -> list[int]:
 class RandomLayer(LayerSelector):
     name = "random"
 
-    def __init__(self, seed: int = 0, k: int = 1, granularity: str = "module") -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        k: int = 1,
+        granularity: str = "module",
+        block_patterns: Sequence[str] | str | None = None,
+    ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"selector 'random': k must be a positive integer, got {k!r}")
         self.seed = seed
         self.k = k
         self.granularity = granularity
+        self.block_patterns = block_patterns
         self._rng = random.Random(seed)
         self._trace: dict[str, list] = {"step": [], "selected": [], "skipped": []}
 

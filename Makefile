@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` (the default benchmark) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+RUN_ARGS ?= --loss tent --selector gala
+
+.PHONY: run test lint install data clean
+
+run: install data
+	$(BIN)/tta-run $(RUN_ARGS) --download
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+data:
+	@sh scripts/get-fashion-mnist.sh
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
