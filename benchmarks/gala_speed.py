@@ -1,6 +1,6 @@
 """Time one GALA step against one base step (selector "all") on ResNet-20, batch 200.
 
-    python benchmarks/gala_speed.py [--batch-size 200] [--steps 10] [--warmup 3]
+    python benchmarks/gala_speed.py [--batch-size 200] [--steps 10] [--warmup 3] [--threads N]
 
 Two settings: TENT (norm-affine parameters, Adam 1e-3; target ratio <= 1.10) and entropy on
 all parameters (SGD 1e-3, momentum 0.9; target <= 1.30). Each step is forward, backward,
@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     x = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     variants = ("base", "proposal", "gala")

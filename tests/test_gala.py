@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -348,3 +349,23 @@ def test_write_trace_saves_npz_heatmap_and_summary(tmp_path):
     assert list(saved["domain_names"]) == ["fog", "snow"]
     png = (tmp_path / "selector_heatmap.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_tta_run_with_gala_writes_trace_files_and_summary(fmnist_root, tmp_path, monkeypatch):
+    from tta.cli import run_main, train_main
+
+    assert train_main(["--data-root", str(fmnist_root), "--epochs", "1"]) == 0
+    monkeypatch.setattr("tta.models.source.TrainConfig.epochs", 1)
+    out = tmp_path / "run"
+    args = ["--loss", "tent", "--selector", "gala", "--selector-option", "window=3"]
+    args += ["--corruptions", "gaussian_noise,fog", "--n-per-domain", "40", "--batch-size", "10"]
+    assert run_main([*args, "--data-root", str(fmnist_root), "--out", str(out), "--no-source"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    summary = results["selector"]
+    assert summary["n_selector_steps"] == 8
+    assert summary["n_selector_skipped"] == results["n_skipped"]
+    # windows of 3 start at steps 0, 3, 6: every layer is selected there at least
+    assert min(summary["selection_counts"].values()) >= 3
+    assert (out / "selector_heatmap.png").exists()
+    saved = np.load(out / "selector_trace.npz")
+    assert saved["domain_starts"].tolist() == [0, 4] and saved["window_position"][3] == 0

@@ -13,15 +13,19 @@ from pathlib import Path
 import torch
 
 import tta
-from tta.benchmarks import BENCHMARKS
+from tta.benchmarks import BENCHMARKS, Benchmark
 from tta.data.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS
 from tta.paths import cache_dir
+from tta.presets import FAMILIES, family_of, methods, preset
 from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
 from tta.results import format_card, format_table, versions, write_results
-from tta.stream import SETTINGS, StreamResult, StreamSpec, peak_memory_mb, run_stream
+from tta.stream import SETTINGS, StreamResult, StreamSpec, peak_memory_mb, run_stream, to_batch
 from tta.trace import write_trace
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
+
+# What an option left unset becomes when no --method preset fills it.
+RUN_DEFAULTS = {"loss": "tent", "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "batch_size": 200}
 
 
 def parse_value(text: str) -> object:
@@ -53,9 +57,27 @@ def run_parser() -> argparse.ArgumentParser:
         description="Adapt a model online over a corruption benchmark stream and report errors.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--loss", default="tent", help=f"one of: {', '.join(LOSSES.names())}")
     p.add_argument(
-        "--selector", default="all", help=f"one of: {', '.join(LAYER_SELECTORS.names())}"
+        "--method",
+        default=None,
+        help="a method with its paper's recommended loss, optimizer, lr, batch size and options "
+        f"(explicit flags override them); one of: {', '.join(methods())}",
+    )
+    p.add_argument(
+        "--preset-family",
+        default=None,
+        choices=FAMILIES,
+        help="which preset of --method: default from the benchmark "
+        "(fmnist-c, cifar*-c -> cifar; imagenet-c -> imagenet)",
+    )
+    p.add_argument(
+        "--loss", default=None, help=f"default tent; one of: {', '.join(LOSSES.names())}"
+    )
+    p.add_argument(
+        "--loss-option", action="append", default=[], metavar="KEY=VALUE", help="e.g. d_margin=0.4"
+    )
+    p.add_argument(
+        "--selector", default="gala", help=f"one of: {', '.join(LAYER_SELECTORS.names())}"
     )
     p.add_argument("--selector-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--sample-filter", default=None, help="e.g. grad-align")
@@ -67,11 +89,15 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", default=None, help="comma-separated; default: the standard 15")
     p.add_argument("--severity", type=int, default=5)
     p.add_argument("--setting", default="continual", choices=SETTINGS)
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=None, help="default 200, or the preset's")
     p.add_argument("--n-per-domain", type=int, default=1000)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument(
+        "--optimizer", default=None, choices=("adam", "sgd"), help="default adam, or the preset's"
+    )
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3, or the preset's")
+    p.add_argument(
+        "--momentum", type=float, default=None, help="SGD momentum; default 0.9, or the preset's"
+    )
     p.add_argument("--steps", type=int, default=1, help="adaptation steps per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None, help="where datasets are found or generated")
@@ -84,6 +110,63 @@ def run_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="run directory (default runs/<time>-<loss>-<selector>)"
     )
     return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options the user left unset: from the --method preset, then RUN_DEFAULTS.
+
+    Explicit flags always win. Sets `args.loss_options` (the preset's method options, then
+    --loss-option) and `args.preset_family` (None without --method).
+    """
+    options: dict[str, object] = {}
+    if args.method is not None:
+        if args.loss is not None and args.loss != args.method:
+            raise ValueError(
+                f"--method {args.method} sets the loss to {args.method!r}, but --loss "
+                f"{args.loss} was given; pass one of them"
+            )
+        BENCHMARKS.get(args.benchmark)  # an unknown name says so before any family lookup
+        args.preset_family = args.preset_family or family_of(args.benchmark)
+        found = preset(args.method, args.preset_family, args.benchmark)
+        args.loss = args.method
+        for key in ("optimizer", "batch_size", "momentum", "params"):
+            if getattr(args, key) is None:
+                setattr(args, key, getattr(found, key))
+        if args.lr is None:
+            args.lr = found.lr_for(args.batch_size)
+        options = dict(found.options)
+    elif args.preset_family is not None:
+        raise ValueError("--preset-family chooses the preset of --method; pass --method too")
+    for key, value in RUN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.loss_options = {**options, **parse_options(args.loss_option, "--loss-option")}
+    return args
+
+
+def source_data(
+    args: argparse.Namespace, benchmark: Benchmark, device: torch.device
+) -> dict[str, object]:
+    """Clean source images for a loss that needs them (EATA's Fisher), in test-size batches.
+
+    A loss declares the need with a `source_data_option` class attribute (the constructor
+    argument to fill) and `default_num_samples`; `num_samples` in the loss options overrides
+    the count. The images come from the benchmark's source split.
+    """
+    factory = LOSSES.get(args.loss)
+    option = getattr(factory, "source_data_option", None)
+    if option is None or option in args.loss_options:
+        return {}
+    n = int(args.loss_options.get("num_samples", getattr(factory, "default_num_samples", 2000)))
+    try:
+        images, _ = benchmark.source_samples(n, args.seed)
+    except NotImplementedError as error:
+        raise ValueError(
+            f"loss {args.loss!r} needs clean source images ({option}), but {error}; "
+            "use a loss without them (e.g. eta instead of eata)"
+        ) from error
+    size = args.batch_size
+    return {option: (to_batch(images[i : i + size], device) for i in range(0, len(images), size))}
 
 
 def check_names(args: argparse.Namespace) -> None:
@@ -123,6 +206,7 @@ def source_errors(model, spec: StreamSpec, benchmark, model_key: str, device) ->
 
 def run(args: argparse.Namespace) -> int:
     args.corruptions = args.corruptions.split(",") if args.corruptions else None
+    resolve_args(args)
     check_names(args)
     params = args.params.split(",") if args.params and "," in args.params else args.params
     selector_options = parse_options(args.selector_option, "--selector-option")
@@ -154,10 +238,15 @@ def run(args: argparse.Namespace) -> int:
         selector_options=selector_options,
         sample_filter=args.sample_filter,
         sample_filter_options=filter_options,
+        **args.loss_options,
+        **source_data(args, benchmark, device),
     )
     n_trainable = sum(p.numel() for layer in adapted.layers for p in layer.params)
     method = {
+        "method": args.method,
+        "preset_family": args.preset_family,
         "loss": args.loss,
+        "loss_options": args.loss_options,
         "params": params or LOSSES.get(args.loss).default_params,
         "n_trainable": n_trainable,
         "selector": args.selector,

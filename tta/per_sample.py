@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
 LossFn = Callable[[torch.Tensor], torch.Tensor]
@@ -90,27 +90,61 @@ def output_grad(loss: LossFn, logits: torch.Tensor) -> torch.Tensor:
 
 
 def _stats(bn: BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The statistics `bn` normalizes `x` with, detached: of the batch, or its running ones."""
+    """(mean, invstd) `bn` normalizes `x` with, detached: of the batch, or the running ones.
+
+    The batch statistics come from the native training-mode kernel, several times faster on
+    CPU than `torch.var_mean` over (N, H, W).
+    """
     if not bn.training and bn.running_mean is not None:
-        return bn.running_mean, bn.running_var
-    dims = [d for d in range(x.dim()) if d != 1]
-    var, mean = torch.var_mean(x.detach(), dims, correction=0)
-    return mean, var
+        return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+    _, mean, invstd = torch.native_batch_norm(x.detach(), None, None, None, None, True, 0.0, bn.eps)
+    return mean, invstd
 
 
-def _normalize(bn: BatchNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor):
-    return F.batch_norm(x, mean, var, None, None, False, 0.0, bn.eps)
+def _normalize(bn: BatchNorm, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]):
+    """BatchNorm of `x` (with its affine map) with the given constant (mean, invstd)."""
+    mean, invstd = stats
+    var = invstd.pow(-2) - bn.eps
+    return F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+class _ConstantStatsBatchNorm(torch.autograd.Function):
+    """BatchNorm whose backward treats the statistics as constants: dx = gy * w * invstd.
+
+    The forward is the native kernel (one pass, as a plain BatchNorm). `per_sample_weight`
+    and `per_sample_bias` are the affine parameters `expand`ed to (B, C, 1, ...): unused by
+    the forward, they receive the per-sample gradients sum_space(gy * x_hat) and sum_space(gy).
+    """
+
+    @staticmethod
+    def forward(ctx, x, bn, per_sample_weight, per_sample_bias):  # noqa: ANN001, ANN205
+        if bn.training or bn.running_mean is None:
+            out, mean, invstd = torch.native_batch_norm(
+                x, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
+            )
+        else:
+            mean, invstd = _stats(bn, x)
+            out = F.batch_norm(
+                x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+        ctx.save_for_backward(x, mean, invstd, bn.weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: ANN001, ANN205
+        x, mean, invstd, weight = ctx.saved_tensors
+        shape = _channel_shape(gy)
+        scale = invstd if weight is None else weight * invstd
+        gx = gy * scale.view(shape) if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[2]:
+            return gx, None, None, None
+        dims = list(range(2, gy.dim()))
+        x_hat = (x - mean.view(shape)) * invstd.view(shape)
+        return gx, None, (gy * x_hat).sum(dims, keepdim=True), gy.sum(dims, keepdim=True)
 
 
 def _channel_shape(x: torch.Tensor, batch: int = 1) -> list[int]:
     return [batch, -1] + [1] * (x.dim() - 2)
-
-
-def _affine(bn: BatchNorm, x_hat: torch.Tensor) -> torch.Tensor:
-    if bn.weight is None:
-        return x_hat
-    shape = _channel_shape(x_hat)
-    return x_hat * bn.weight.view(shape) + bn.bias.view(shape)
 
 
 @contextlib.contextmanager
@@ -139,9 +173,9 @@ def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[tor
 
     def recorder(bn: BatchNorm) -> Callable:
         def forward(self: BatchNorm, inp: torch.Tensor) -> torch.Tensor:
-            mean, var = _stats(self, inp)
-            recorded.setdefault(id(self), []).append((mean, var))
-            return _affine(self, _normalize(self, inp, mean, var))
+            stats = _stats(self, inp)
+            recorded.setdefault(id(self), []).append(stats)
+            return _normalize(self, inp, stats)
 
         return forward
 
@@ -152,9 +186,9 @@ def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[tor
     def replayer(bn: BatchNorm) -> Callable:
         def forward(self: BatchNorm, inp: torch.Tensor) -> torch.Tensor:
             calls = recorded[id(self)]
-            mean, var = calls[cursor[id(self)] % len(calls)]
+            stats = calls[cursor[id(self)] % len(calls)]
             cursor[id(self)] += 1
-            return _affine(self, _normalize(self, inp, mean, var))
+            return _normalize(self, inp, stats)
 
         return forward
 
@@ -174,15 +208,20 @@ def _linear_rule(module: nn.Linear, inp: torch.Tensor, gy: torch.Tensor) -> dict
     return grads
 
 
-def _conv2d_rule(module: nn.Conv2d, inp: torch.Tensor, gy: torch.Tensor) -> dict:
-    b, groups = inp.shape[0], module.groups
-    patches = F.unfold(inp, module.kernel_size, module.dilation, module.padding, module.stride)
-    patches = patches.view(b, groups, -1, patches.shape[-1])
-    gy = gy.reshape(b, groups, -1, patches.shape[-1])
-    weight = torch.einsum("bgol,bgkl->bgok", gy, patches).reshape(b, *module.weight.shape)
-    grads = {"weight": weight}
+def _conv_rule(module: nn.Module, inp: torch.Tensor, gy: torch.Tensor) -> dict:
+    """Per-sample weight gradients by vmap over the convolution's weight-gradient.
+
+    Measured faster than unfold + einsum (Opacus) or one grouped convolution on ResNet-20.
+    """
+    weight = module.weight.detach()
+
+    def one(xi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+        _, pullback = vjp(lambda w: module._conv_forward(xi.unsqueeze(0), w, None), weight)
+        return pullback(gi.unsqueeze(0))[0]
+
+    grads = {"weight": vmap(one)(inp, gy)}
     if module.bias is not None:
-        grads["bias"] = gy.sum(3).reshape(b, -1)
+        grads["bias"] = gy.flatten(2).sum(2)
     return grads
 
 
@@ -190,9 +229,8 @@ def _hook_rule(module: nn.Module) -> Callable | None:
     """The closed-form per-sample rule for `module`'s own parameters, or None."""
     if isinstance(module, nn.Linear):
         return _linear_rule
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode == "zeros" and not isinstance(module.padding, str):
-            return _conv2d_rule
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+        return _conv_rule
     return None
 
 
@@ -222,15 +260,14 @@ def _grads_by_hooks(
 
     def live(bn: BatchNorm) -> Callable:
         def forward(self: BatchNorm, inp: torch.Tensor) -> torch.Tensor:
-            x_hat = _normalize(self, inp, *_stats(self, inp))
             if self.weight is None or not _owns_wanted(self, wanted):
-                return _affine(self, x_hat)
-            one, per_sample = _channel_shape(x_hat), _channel_shape(x_hat, x_hat.shape[0])
+                return _ConstantStatsBatchNorm.apply(inp, self, None, None)
+            one, per_sample = _channel_shape(inp), _channel_shape(inp, inp.shape[0])
             weight = self.weight.view(one).expand(per_sample)
             bias = self.bias.view(one).expand(per_sample)
             calls.append((self, None, len(leaves)))
             leaves.extend((weight, bias))
-            return x_hat * weight + bias
+            return _ConstantStatsBatchNorm.apply(inp, self, weight, bias)
 
         return forward
 

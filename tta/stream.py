@@ -1,10 +1,29 @@
-"""The online stream: a declarative description, and the predict-then-adapt loop over it."""
+"""The online stream: a declarative description, and the predict-then-adapt loop over it.
+
+Settings (`StreamSpec.setting`):
+
+* `continual`: the domains one after another, never reset (TENT/CoTTA's continual protocol).
+* `reset-each-shift`: back to the source weights at the start of every domain.
+* `episodic`: back to the source weights before every batch.
+* `gradual`: for each corruption, severities 1, 2, 3, 4, 5, 4, 3, 2, 1, then the next
+  corruption, never reset: the gradual setting of CoTTA (Wang et al., CVPR 2022) as run by
+  RMT's code (mariodoebler/test-time-adaptation, `severities = [1,2,3,4,5,4,3,2,1]` per
+  domain). Every (corruption, severity) segment is reported; `severity` is not used.
+* `mixed`: the images of all domains shuffled together into one stream (RMT's
+  `mixed_domains`); errors are still reported per domain.
+* `correlated`: continual, with the labels of each domain in a Dirichlet order
+  (`dirichlet_delta`, default 0.1 as RoTTA/NOTE; see `tta.stream_order`).
+
+`dirichlet_delta` also combines with the other settings (e.g. mixed + correlated labels).
+`order_seed` permutes the domain order (the literature's "10 corruption orders").
+"""
 
 from __future__ import annotations
 
 import resource
 import time
-import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -12,39 +31,84 @@ import torch
 
 from tta.benchmarks import Benchmark
 from tta.data.corruptions import STANDARD_CORRUPTIONS
+from tta.data.domain_sets import resolve_domains
+from tta.data.image_files import concat_images
 from tta.engine import AdaptedModel
 from tta.progress import progress
+from tta.stream_order import DEFAULT_DIRICHLET_DELTA, domain_order, permuted, stream_order
 
-SETTINGS = ("continual", "reset-each-shift", "episodic")
+__all__ = [
+    "GRADUAL_SEVERITIES",
+    "SETTINGS",
+    "StreamResult",
+    "StreamSpec",
+    "domain_order",
+    "peak_memory_mb",
+    "run_stream",
+    "to_batch",
+]
+
+SETTINGS = ("continual", "reset-each-shift", "episodic", "gradual", "mixed", "correlated")
+GRADUAL_SEVERITIES = (1, 2, 3, 4, 5, 4, 3, 2, 1)
 
 
 @dataclass
 class StreamSpec:
-    """Everything that fixes the order and content of the test stream (the protocol card)."""
+    """Everything that fixes the order and content of the test stream (the protocol card).
+
+    `corruptions`: domain names in order, or a named set ('standard', 'heldout', 'all'; comma
+    lists allowed), resolved here; for DomainBed, the target domain(s). `severity`: 1..5, or
+    None for benchmarks whose domains have none (DomainBed). `n_per_domain`: None takes every
+    image of a domain. `dirichlet_delta`: label-correlated order (None: shuffled).
+    `order_seed`: None keeps the domain order, an int permutes it.
+    """
 
     benchmark: str = "fmnist-c"
     corruptions: tuple[str, ...] = STANDARD_CORRUPTIONS
-    severity: int = 5
+    severity: int | None = 5
     setting: str = "continual"
     batch_size: int = 200
-    n_per_domain: int = 1000
+    n_per_domain: int | None = 1000
     seed: int = 0
     shuffle: bool = True
+    dirichlet_delta: float | None = None
+    order_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
             raise ValueError(f"unknown setting {self.setting!r}; known: {', '.join(SETTINGS)}")
-        if self.severity not in range(1, 6):
+        if self.severity is not None and self.severity not in range(1, 6):
             raise ValueError(f"severity must be 1..5, got {self.severity}")
-        if self.batch_size < 1 or self.n_per_domain < 1:
+        if self.batch_size < 1 or (self.n_per_domain is not None and self.n_per_domain < 1):
             raise ValueError("batch_size and n_per_domain must be positive")
-        self.corruptions = tuple(self.corruptions)
+        self.corruptions = resolve_domains(self.corruptions)
+        if self.setting == "correlated" and self.dirichlet_delta is None:
+            self.dirichlet_delta = DEFAULT_DIRICHLET_DELTA
+        if self.dirichlet_delta is not None and not self.dirichlet_delta > 0:
+            raise ValueError(f"dirichlet_delta must be positive, got {self.dirichlet_delta}")
+        if self.setting == "gradual" and self.severity is None:
+            raise ValueError(
+                "the gradual setting sweeps corruption severities; this stream has none"
+            )
 
-    def domains(self) -> list[tuple[str, int]]:
-        return [(c, self.severity) for c in self.corruptions]
+    def order(self) -> tuple[str, ...]:
+        """The domain names in stream order (permuted when `order_seed` is set)."""
+        return permuted(self.corruptions, self.order_seed)
+
+    def severities(self) -> tuple[int | None, ...]:
+        return GRADUAL_SEVERITIES if self.setting == "gradual" else (self.severity,)
+
+    def domains(self) -> list[tuple[str, int | None]]:
+        """(domain, severity) in stream order; `gradual` has 9 segments per corruption."""
+        return [(name, s) for name in self.order() for s in self.severities()]
 
     def card(self) -> dict:
-        return asdict(self)
+        card = asdict(self)
+        if self.setting == "gradual":
+            card["severities"] = list(GRADUAL_SEVERITIES)
+        if self.order_seed is not None:
+            card["domain_order"] = list(self.order())
+        return card
 
 
 @dataclass
@@ -74,11 +138,72 @@ def to_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
-def domain_order(n: int, seed: int, corruption: str, severity: int, shuffle: bool) -> np.ndarray:
-    """A domain's image order depends on its own name and the seed, not on the domains before."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, zlib.crc32(corruption.encode()), severity]).permutation(n)
+def _batches(images, order: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, object]]:
+    """(index, images[index]) per batch; the next batch is read in a thread meanwhile."""
+    indices = [np.sort(order[b : b + batch_size]) for b in range(0, len(order), batch_size)]
+    if not indices:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="tta-prefetch") as pool:
+        future = pool.submit(images.__getitem__, indices[0])
+        for k, index in enumerate(indices):
+            batch = future.result()
+            if k + 1 < len(indices):
+                future = pool.submit(images.__getitem__, indices[k + 1])
+            yield index, batch
+
+
+def _predict(
+    adapted: AdaptedModel,
+    images,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    bar,
+) -> np.ndarray:
+    """Predict then adapt batch after batch in `order`; a per-image 'was wrong' mask."""
+    wrong = np.zeros(len(labels), dtype=bool)
+    for index, batch in _batches(images, order, batch_size):
+        logits = adapted(to_batch(np.asarray(batch), device))
+        wrong[index] = logits.argmax(1).cpu().numpy() != labels[index]
+        bar.update(len(index))
+    return wrong
+
+
+def _record(result: StreamResult, name: str, severity: int | None, wrong: np.ndarray) -> float:
+    error = 100.0 * float(wrong.mean()) if len(wrong) else float("nan")
+    result.per_domain.append(
+        {"domain": name, "severity": severity, "n": len(wrong), "error": error}
+    )
+    return error
+
+
+def _run_domains(adapted, spec, benchmark, domains, device, result, bar) -> None:
+    for name, severity in domains:
+        result.domain_starts.append(adapted.counters.n_forward)
+        images, labels = benchmark.load(name, severity, spec.n_per_domain, spec.seed)
+        order = stream_order(labels, spec.seed, name, severity, spec.shuffle, spec.dirichlet_delta)
+        if spec.setting == "reset-each-shift":
+            adapted.reset()
+        wrong = _predict(adapted, images, labels, order, spec.batch_size, device, bar)
+        error = _record(result, name, severity, wrong)
+        label = name if severity is None else f"{name}-{severity}"
+        bar.set_postfix(last=f"{label} {error:.1f}%")
+
+
+def _run_mixed(adapted, spec, benchmark, domains, device, result, bar) -> None:
+    sources, labels, owner = [], [], []
+    for k, (name, severity) in enumerate(domains):
+        images, domain_labels = benchmark.load(name, severity, spec.n_per_domain, spec.seed)
+        sources.append(images)
+        labels.append(np.asarray(domain_labels))
+        owner.append(np.full(len(domain_labels), k))
+    labels, owner = np.concatenate(labels), np.concatenate(owner)
+    order = stream_order(labels, spec.seed, "mixed", None, spec.shuffle, spec.dirichlet_delta)
+    result.domain_starts.append(adapted.counters.n_forward)
+    wrong = _predict(adapted, concat_images(sources), labels, order, spec.batch_size, device, bar)
+    for k, (name, severity) in enumerate(domains):
+        _record(result, name, severity, wrong[owner == k])
 
 
 def run_stream(
@@ -88,31 +213,22 @@ def run_stream(
     device: torch.device | str = "cpu",
     desc: str = "adapt",
 ) -> StreamResult:
-    """Predict then adapt on every batch, domain after domain; Ctrl-C keeps finished domains."""
+    """Predict then adapt on every batch, domain after domain; Ctrl-C keeps finished domains.
+
+    Domains are checked against the benchmark before the first batch. In `mixed`, all domains
+    form one stream, so an interrupted run keeps none.
+    """
     device = torch.device(device)
+    domains = spec.domains()
+    benchmark.check_domains(domains)
     adapted.episodic = spec.setting == "episodic"
     result = StreamResult()
-    total = len(spec.domains()) * spec.n_per_domain
+    total = len(domains) * spec.n_per_domain if spec.n_per_domain else None
     bar = progress(total=total, desc=desc, unit="img")
     start = time.perf_counter()
+    run = _run_mixed if spec.setting == "mixed" else _run_domains
     try:
-        for corruption, severity in spec.domains():
-            result.domain_starts.append(adapted.counters.n_forward)
-            images, labels = benchmark.load(corruption, severity, spec.n_per_domain, spec.seed)
-            order = domain_order(len(images), spec.seed, corruption, severity, spec.shuffle)
-            if spec.setting == "reset-each-shift":
-                adapted.reset()
-            wrong = 0
-            for begin in range(0, len(order), spec.batch_size):
-                index = np.sort(order[begin : begin + spec.batch_size])
-                logits = adapted(to_batch(images[index], device))
-                wrong += int((logits.argmax(1).cpu().numpy() != labels[index]).sum())
-                bar.update(len(index))
-            error = 100.0 * wrong / len(images)
-            result.per_domain.append(
-                {"domain": corruption, "severity": severity, "n": len(images), "error": error}
-            )
-            bar.set_postfix(last=f"{corruption} {error:.1f}%")
+        run(adapted, spec, benchmark, domains, device, result, bar)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:

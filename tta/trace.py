@@ -98,9 +98,19 @@ def _mark_domains(ax, columns: np.ndarray, names: list[str], n_calls: int) -> No
         ax.axvline(column - 0.5, color="tab:red", linewidth=0.8)
     top = ax.secondary_xaxis("top")
     centres = [(start + end - 1) / 2 for start, end in zip(columns, ends, strict=False)]
+    names = list(names)
+    if len(names) > len(centres):  # a mixed stream: one start, many domains
+        names = [f"{len(names)} domains mixed"]
     n = min(len(centres), len(names))  # an interrupted run has a start without a result
-    top.set_xticks(centres[:n], list(names)[:n], rotation=60, ha="left", fontsize=7)
+    top.set_xticks(centres[:n], names[:n], rotation=60, ha="left", fontsize=7)
     top.tick_params(length=0)
+
+
+def _cosine_range(cosine: np.ndarray) -> tuple[float, float]:
+    """Colour range of the cosines: their own span, as they often all lie close to 1."""
+    finite = cosine[np.isfinite(cosine)]
+    low = float(finite.min()) if finite.size else -1.0
+    return (low, 1.0) if low < 1.0 else (-1.0, 1.0)
 
 
 def plot_heatmap(
@@ -129,7 +139,7 @@ def plot_heatmap(
     )
     fontsize = 7 if n_layers <= 40 else 5
     for ax, (title, image, cmap) in zip(axes[0], panels, strict=True):
-        vmin, vmax = (0.0, 1.0) if cmap == "Greys" else (-1.0, 1.0)
+        vmin, vmax = (0.0, 1.0) if cmap == "Greys" else _cosine_range(image)
         colors = plt.get_cmap(cmap).with_extremes(bad="white")
         shown = ax.imshow(
             image, aspect="auto", interpolation="nearest", cmap=colors, vmin=vmin, vmax=vmax

@@ -12,6 +12,7 @@ from torch import nn
 from tta.losses.base import Loss
 from tta.params import require_batchnorm, use_batch_statistics
 from tta.registry import LOSSES
+from tta.window_norm import check_window, use_window_statistics
 
 
 @LOSSES.register("norm")
@@ -19,9 +20,16 @@ class NormLoss(Loss):
     name = "norm"
     adapts = False
 
+    def __init__(self, bn_window: int | None = None) -> None:
+        """`bn_window`: normalize with the last W samples' statistics (batch size 1)."""
+        check_window(bn_window)
+        self.bn_window = bn_window
+
     def check_model(self, model: nn.Module) -> None:
         require_batchnorm(model, "loss 'norm' (test-batch BatchNorm statistics)")
 
     def configure(self, model: nn.Module) -> None:
         model.eval()
         use_batch_statistics(model)
+        if self.bn_window:
+            use_window_statistics(model, self.bn_window)

@@ -19,6 +19,7 @@ from torch import nn
 from tta.losses.entropy import EntropyLoss
 from tta.params import require_batchnorm, use_batch_statistics
 from tta.registry import LOSSES
+from tta.window_norm import check_window, use_window_statistics
 
 
 @LOSSES.register("tent")
@@ -26,9 +27,16 @@ class TentLoss(EntropyLoss):
     name = "tent"
     default_params = "norm"
 
+    def __init__(self, bn_window: int | None = None) -> None:
+        """`bn_window`: normalize with the last W samples' statistics (batch size 1)."""
+        check_window(bn_window)
+        self.bn_window = bn_window
+
     def check_model(self, model: nn.Module) -> None:
         require_batchnorm(model, "loss 'tent'")
 
     def configure(self, model: nn.Module) -> None:
         model.eval()
         use_batch_statistics(model)
+        if self.bn_window:
+            use_window_statistics(model, self.bn_window)

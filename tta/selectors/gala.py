@@ -39,7 +39,8 @@ gradient since adaptation began.
 window, the selected layer indices, whether the step was skipped, and the cosine of every
 layer (float32, NaN for a layer with u = 0). `reset()` (called by the engine's reset, e.g.
 at every shift of `reset-each-shift`) restarts the window but keeps the trace, which is the
-record of the whole run; `clear_trace()` drops it.
+record of the whole run; `clear_trace()` drops it. In the episodic setting every batch
+starts from the source weights and a new window, so every step updates all layers.
 """
 
 from __future__ import annotations
@@ -59,24 +60,39 @@ GRANULARITIES = {"module": "module", "layer": "module", "block": "block", "tenso
 
 def parse_window(window: int | float | str | None) -> int | None:
     """Steps per reset window; None means no reset (s = infinity)."""
-    if window is None or (isinstance(window, str) and window.lower() in ("inf", "none")):
+    if window is None or window == 0 or str(window).lower() in ("inf", "none"):
         return None
-    if isinstance(window, str) or isinstance(window, bool):
-        raise ValueError(
-            f"window must be a positive integer, 0/None/'inf' (no reset), got {window!r}"
-        )
-    if window == 0 or math.isinf(window):
-        return None
-    if window < 0 or window != int(window):
-        raise ValueError(
-            f"window must be a positive integer, 0/None/'inf' (no reset), got {window!r}"
-        )
-    return int(window)
+    if isinstance(window, int | float) and not isinstance(window, bool):
+        if math.isinf(window):
+            return None
+        if window > 0 and window == int(window):
+            return int(window)
+    raise ValueError(
+        f"window must be a positive integer, or 0/None/'inf' for no reset; got {window!r}"
+    )
 
 
 def _flat(tensors: list[list[torch.Tensor]]) -> torch.Tensor:
     """All layers' tensors as one new vector, layer after layer."""
     return torch.cat([t.reshape(-1) for layer in tensors for t in layer])
+
+
+def _check_options(threshold, granularity, variant, block_patterns, damping, damping_steps) -> None:
+    """Fail when the selector is built, naming the bad option."""
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}"
+        )
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if block_patterns and GRANULARITIES[granularity] != "block":
+        raise ValueError("block_patterns needs granularity='block'")
+    if damping is not None and not float(damping) > 0:
+        raise ValueError(f"damping is a positive factor (e.g. 0.5) or None, got {damping}")
+    if int(damping_steps) < 0:
+        raise ValueError(f"damping_steps must be >= 0, got {damping_steps}")
 
 
 @LAYER_SELECTORS.register("gala")
@@ -96,20 +112,9 @@ class Gala(LayerSelector):
         damping: float | None = None,
         damping_steps: int = 3,
     ) -> None:
-        if not -1.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}"
-            )
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        if block_patterns and GRANULARITIES[granularity] != "block":
-            raise ValueError("block_patterns needs granularity='block'")
-        if damping is not None and not float(damping) > 0:
-            raise ValueError(f"damping is a positive factor (e.g. 0.5) or None, got {damping}")
-        if int(damping_steps) < 0:
-            raise ValueError(f"damping_steps must be >= 0, got {damping_steps}")
+        if isinstance(damping, str) and damping.lower() == "none":
+            damping = None  # as the CLI passes it
+        _check_options(threshold, granularity, variant, block_patterns, damping, damping_steps)
         self.threshold = float(threshold)
         self.window = parse_window(window)
         self.granularity = GRANULARITIES[granularity]

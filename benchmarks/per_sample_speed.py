@@ -1,0 +1,111 @@
+"""Cost of the `grad-align` sample filter and of batched per-sample gradients on ResNet-20.
+
+    python benchmarks/per_sample_speed.py [--batch-sizes 64 200] [--repeats 5] [--threads 2]
+
+For each batch size and parameter set (`norm`: TENT's BatchNorm affine; `all`):
+
+- plain: one TENT step (`tta.adapt(loss="tent", params=...)`), forward + backward + Adam;
+- filtered: the same step with `sample_filter="grad-align"` past a window's first step, so
+  per-sample gradients are computed every step (a window of 20 averages in one plain step);
+- per-sample gradients alone by the two batched methods of `tta.per_sample` ("hooks",
+  "vmap") and by a Python loop over samples (one backward each, same constant batch
+  statistics), and the loop / best batched speedup.
+
+Timings are interleaved (one of each candidate per round) and the median over rounds is
+reported, which keeps the ratios meaningful on a machine shared with other jobs. Random
+weights and images: the costs do not depend on what the model has learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import tta
+from tta.models.resnet import resnet20
+from tta.per_sample import constant_batch_statistics, per_sample_grads
+
+
+def loop_grads(model, x, loss, params) -> list[torch.Tensor]:
+    """The reference: one backward per sample, batch statistics held constant."""
+    with constant_batch_statistics(model, x):
+        rows = [torch.autograd.grad(loss(model(x[i : i + 1])), params) for i in range(len(x))]
+    return [torch.stack(column) for column in zip(*rows, strict=True)]
+
+
+def median_times(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    for fn in candidates.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def adapted_pair(spec: str, seed: int = 0):
+    """A plain TENT model and the same with the filter (window: no reset after the first)."""
+    torch.manual_seed(seed)
+    plain = tta.adapt(resnet20(), loss="tent", params=spec)
+    torch.manual_seed(seed)
+    filtered = tta.adapt(
+        resnet20(),
+        loss="tent",
+        params=spec,
+        sample_filter="grad-align",
+        sample_filter_options={"window": None},
+    )
+    return plain, filtered
+
+
+def bench(batch: int, spec: str, repeats: int, loop_repeats: int) -> None:
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    plain, filtered = adapted_pair(spec)
+    filtered(x)  # the window's first step: anchor set, no per-sample gradients
+    steps = median_times({"plain": lambda: plain(x), "filtered": lambda: filtered(x)}, repeats)
+    model, loss, params = filtered.model, filtered.loss, filtered._params
+    methods = median_times(
+        {m: lambda m=m: per_sample_grads(model, x, loss, params, m) for m in ("hooks", "vmap")},
+        repeats,
+    )
+    loop = median_times({"loop": lambda: loop_grads(model, x, loss, params)}, loop_repeats)
+    best = min(methods, key=methods.get)
+    kept = statistics.mean(filtered.sample_filter.kept_fraction[1:])
+    ratio = steps["filtered"] / steps["plain"]
+    window_ratio = (19 * steps["filtered"] + steps["plain"]) / (20 * steps["plain"])
+    print(
+        f"{batch:>5} {spec:>4} {steps['plain']:>8.3f} {steps['filtered']:>8.3f} {ratio:>6.2f}"
+        f" {window_ratio:>6.2f} {kept:>5.2f} {methods['hooks']:>7.3f} {methods['vmap']:>7.3f}"
+        f" {loop['loop']:>7.2f} {loop['loop'] / methods[best]:>6.1f}x ({best})",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 200])
+    parser.add_argument("--params", nargs="+", default=["norm", "all"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--loop-repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"ResNet-20, 32x32, torch {torch.__version__}, {args.threads} threads; seconds")
+    print("ratio: filtered/plain at every step; win20: averaged over a window of 20")
+    print(
+        f"{'batch':>5} {'set':>4} {'plain':>8} {'filtered':>8} {'ratio':>6} {'win20':>6}"
+        f" {'kept':>5} {'hooks':>7} {'vmap':>7} {'loop':>7} {'speedup':>7}"
+    )
+    for batch in args.batch_sizes:
+        for spec in args.params:
+            bench(batch, spec, args.repeats, args.loop_repeats)
+
+
+if __name__ == "__main__":
+    main()

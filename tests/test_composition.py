@@ -1,0 +1,102 @@
+"""Every loss composes with every layer selector and every sample filter.
+
+The registries are iterated, so losses, selectors and filters registered later are covered
+without editing this file. A loss that needs extra data gets it (`source_data_option`); a
+selector that cannot run without options gets them from SELECTOR_OPTIONS. A combination may
+be refused, but only with a ValueError whose message is listed in REFUSED.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_net
+
+import tta
+from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
+
+# Options that make TinyNet's near-uniform predictions pass the methods' sample filters, so
+# the update path runs (the filters' defaults are tested in the methods' own tests).
+LOSS_OPTIONS = {
+    "eta": {"e_margin": 1.0, "d_margin": 1.5},
+    "eata": {"e_margin": 1.0, "d_margin": 1.5},
+    "sar": {"margin": 1.0},
+    "pl": {"threshold": 0.0},
+    "shot": {"threshold": 0.0},
+}
+SELECTOR_OPTIONS = {"fixed": {"first": 1}}
+FILTER_OPTIONS = {"entropy": {"margin": 1.0}, "redundancy": {"d_margin": 1.5}}
+# (loss, selector or filter) -> a phrase the refusal's message must contain.
+REFUSED: dict[tuple[str, str], str] = {}
+# Combinations that fail today without a clear refusal (strict xfail: fixing one fails here,
+# so it is moved out of this list).
+KNOWN_GAPS = {
+    ("cotta", "grad-align"): "grad-align differentiates loss(logits) per sample, but cotta's "
+    "loss needs its teacher's pseudo-labels: TypeError at the first step instead of a "
+    "refusal at tta.adapt",
+}
+
+
+def cases(others: list[str]) -> list:
+    """Every (loss, other) pair, known gaps marked as expected failures."""
+    return [
+        pytest.param(
+            loss, other, marks=pytest.mark.xfail(reason=KNOWN_GAPS[loss, other], strict=True)
+        )
+        if (loss, other) in KNOWN_GAPS
+        else (loss, other)
+        for loss in LOSSES.names()
+        for other in others
+    ]
+
+
+def loss_options(name: str) -> dict:
+    options = dict(LOSS_OPTIONS.get(name, {}))
+    data_option = getattr(LOSSES.get(name), "source_data_option", None)
+    if data_option:
+        options[data_option] = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    return options
+
+
+def run_three_steps(loss: str, refusal_key: tuple[str, str], **adapt_options) -> None:
+    torch.manual_seed(0)
+    model = make_tiny_net()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    try:
+        adapted = tta.adapt(model, loss=loss, **adapt_options, **loss_options(loss))
+        for _ in range(3):
+            logits = adapted(x)
+    except ValueError as error:
+        if refusal_key not in REFUSED:
+            raise
+        assert REFUSED[refusal_key] in str(error)
+        return
+    assert refusal_key not in REFUSED, f"{refusal_key} is listed as refused but ran"
+    assert logits.shape == (8, 5) and torch.isfinite(logits).all()
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.isfinite(value).all(), name
+    counters = adapted.counters
+    assert counters.n_forward >= 3
+    if adapted.adapts:
+        assert counters.n_steps + counters.n_skipped >= 3
+
+
+@pytest.mark.parametrize(("loss", "selector"), cases(LAYER_SELECTORS.names()))
+def test_every_loss_with_every_layer_selector(loss, selector):
+    run_three_steps(
+        loss,
+        (loss, selector),
+        selector=selector,
+        selector_options=SELECTOR_OPTIONS.get(selector),
+    )
+
+
+@pytest.mark.parametrize(("loss", "sample_filter"), cases(SAMPLE_FILTERS.names()))
+def test_every_loss_with_every_sample_filter(loss, sample_filter):
+    run_three_steps(
+        loss,
+        (loss, sample_filter),
+        sample_filter=sample_filter,
+        sample_filter_options=FILTER_OPTIONS.get(sample_filter),
+    )

@@ -1,0 +1,138 @@
+"""Presets: `--method` fills the settings, explicit flags win (argument parsing only)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from tta.cli import resolve_args, run_main, run_parser, source_data
+from tta.presets import FAMILIES, PRESETS, family_of, preset
+from tta.registry import LOSSES
+
+ISSUE_4_METHODS = ["tent", "eta", "eata", "sar", "pl", "shot-im", "shot", "cotta", "deyo", "lame"]
+
+
+def resolved(*argv: str):
+    return resolve_args(run_parser().parse_args(list(argv)))
+
+
+def test_without_method_the_defaults_are_unchanged():
+    args = resolved()
+    assert (args.loss, args.optimizer, args.lr, args.momentum, args.batch_size) == (
+        "tent",
+        "adam",
+        1e-3,
+        0.9,
+        200,
+    )
+    assert args.params is None and args.loss_options == {} and args.preset_family is None
+    args = resolved("--loss", "tent", "--selector", "gala")
+    assert (args.loss, args.selector, args.lr, args.batch_size) == ("tent", "gala", 1e-3, 200)
+
+
+def test_method_fills_loss_optimizer_and_options_from_the_benchmark_family():
+    args = resolved("--method", "eata")  # fmnist-c -> cifar
+    assert args.preset_family == "cifar" and args.loss == "eata"
+    assert (args.optimizer, args.lr, args.batch_size) == ("adam", 1e-3, 200)
+    assert args.loss_options == {"d_margin": 0.4, "fisher_alpha": 1.0, "num_samples": 2000}
+    args = resolved("--method", "eata", "--preset-family", "imagenet")
+    assert (args.optimizer, args.lr, args.momentum, args.batch_size) == ("sgd", 2.5e-4, 0.9, 64)
+    assert args.loss_options["fisher_alpha"] == 2000.0 and args.loss_options["d_margin"] == 0.05
+
+
+def test_explicit_flags_override_the_preset():
+    args = resolved(
+        "--method",
+        "eata",
+        "--preset-family",
+        "imagenet",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "adam",
+        "--momentum",
+        "0.5",
+        "--params",
+        "all",
+        "--loss-option",
+        "d_margin=0.2",
+    )
+    assert (args.optimizer, args.lr, args.momentum, args.batch_size) == ("adam", 0.01, 0.5, 32)
+    assert args.params == "all"
+    assert args.loss_options["d_margin"] == 0.2 and args.loss_options["fisher_alpha"] == 2000.0
+
+
+def test_sar_learning_rate_follows_an_overridden_batch_size():
+    assert resolved("--method", "sar", "--preset-family", "imagenet").lr == 2.5e-4
+    args = resolved("--method", "sar", "--preset-family", "imagenet", "--batch-size", "16")
+    assert args.lr == pytest.approx(2 * 2.5e-4 * 16 / 64)
+    args = resolved(
+        "--method", "sar", "--preset-family", "imagenet", "--batch-size", "16", "--lr", "1"
+    )
+    assert args.lr == 1.0
+
+
+def test_benchmark_specific_options_and_families():
+    assert preset("eata", "cifar", "cifar100-c").options["d_margin"] == 0.1
+    assert preset("eata", "cifar", "cifar10-c").options["d_margin"] == 0.4
+    assert [family_of(b) for b in ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c")] == [
+        "cifar",
+        "cifar",
+        "cifar",
+        "imagenet",
+    ]
+    with pytest.raises(ValueError, match="--preset-family"):
+        family_of("pacs")
+
+
+def test_conflicts_and_unknown_names_are_clear_errors(capsys):
+    with pytest.raises(ValueError, match="pass one of them"):
+        resolved("--method", "eata", "--loss", "tent")
+    with pytest.raises(ValueError, match="pass --method too"):
+        resolved("--preset-family", "cifar")
+    assert run_main(["--method", "nope"]) == 2
+    assert "no preset for method 'nope'" in capsys.readouterr().err
+
+
+def test_every_issue_4_method_has_both_families():
+    for method in ISSUE_4_METHODS:
+        for family in FAMILIES:
+            assert (method, family) in PRESETS, (method, family)
+
+
+@pytest.mark.parametrize("key", sorted(PRESETS), ids=lambda key: "-".join(key))
+def test_preset_options_are_accepted_by_the_loss(key):
+    method, _ = key
+    if method not in LOSSES:
+        pytest.skip(f"loss {method!r} is not registered yet")
+    accepted = inspect.signature(LOSSES.get(method)).parameters
+    assert set(PRESETS[key].options) <= set(accepted), (method, set(accepted))
+    assert PRESETS[key].optimizer in ("adam", "sgd") and PRESETS[key].lr > 0
+
+
+def test_source_data_comes_in_test_size_batches_for_losses_that_need_it():
+    class FakeBenchmark:
+        def source_samples(self, n, seed=0):
+            rng = np.random.default_rng(seed)
+            return rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8), np.zeros(n, np.int64)
+
+    args = resolved("--method", "eata", "--batch-size", "3", "--loss-option", "num_samples=7")
+    data = source_data(args, FakeBenchmark(), torch.device("cpu"))
+    batches = list(data["fisher_data"])
+    assert [tuple(b.shape) for b in batches] == [(3, 3, 4, 4), (3, 3, 4, 4), (1, 3, 4, 4)]
+    assert all(b.dtype == torch.float32 and 0 <= b.min() and b.max() <= 1 for b in batches)
+    assert source_data(resolved("--method", "eta"), FakeBenchmark(), torch.device("cpu")) == {}
+
+
+def test_source_data_from_a_benchmark_without_source_images_is_a_clear_error():
+    class NoSource:
+        def source_samples(self, n, seed=0):
+            raise NotImplementedError("imagenet-c has no source samples")
+
+    with pytest.raises(ValueError, match="needs clean source images.*eta instead of eata"):
+        source_data(resolved("--method", "eata"), NoSource(), torch.device("cpu"))

@@ -1,0 +1,168 @@
+"""`deyo`: Lee et al., "Entropy is not Enough for Test-Time Adaptation: From the Perspective of
+Disentangled Factors", ICLR 2024.
+
+Destroy Your Object, as the official code (Jhyun17/DeYO, `methods/deyo.py`, `config.py`,
+`main.py`, `exp_deyo.sh`):
+
+- Entropy filter: keep the samples with entropy E < `margin` x ln C (`deyo_margin=0.5`,
+  multiplied by ln C in `main.py`); none left -> no update (counted as skipped).
+- Patch shuffling (`aug_type="patch"`, `patch_len=4`): each kept image is cut into a
+  `patch_len` x `patch_len` grid of patches, shuffled with a random permutation per image
+  (an image whose sides are not multiples of `patch_len` is resized to the nearest smaller
+  multiples and back, bilinear, as the official `Resize`); the model predicts on the
+  shuffled images without gradient (one extra forward).
+- PLPD (pseudo-label probability difference) = p(y_hat | x) - p(y_hat | x_shuffled) with
+  y_hat = argmax p(. | x); keep the samples with PLPD > `plpd_threshold` (0.2, the
+  `config.py` default and the "wild" setting of `exp_deyo.sh`; the "mild" ImageNet-C setting
+  there uses 0.3). None left -> no update.
+- Sample weights (`reweight_ent=1`, `reweight_plpd=1`, detached):
+  w = reweight_ent / exp(E - E0) + reweight_plpd * exp(PLPD), E0 = `margin_e0` x ln C
+  (`deyo_margin_e0=0.4`); the loss is mean(w * E) over the samples left. With both
+  reweight factors zero the samples are not reweighted (official).
+- Parameters and normalization as the official `collect_params`/`configure_model`: the
+  norm-affine parameters outside the last stage (same rule as SAR,
+  `tta.losses.sar.norm_params_without_last_stage`), BatchNorm on batch statistics.
+- Optimizer of the paper: SGD momentum 0.9, lr 0.00025 for ResNet-50 at batch 64 (x2 x bs /
+  64 below batch 32), 0.001 x bs / 64 for ViT-B/16. No CIFAR setting in the official code.
+
+Deviation: the official code calls `model.train()` on the whole model; we put only the
+BatchNorm layers in train mode, as our TENT.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tta.losses.base import Loss, softmax_entropy
+from tta.losses.sar import norm_params_without_last_stage
+from tta.params import use_batch_statistics
+from tta.registry import LOSSES
+from tta.selectors.entropy_filter import check_margin, reliable
+
+if TYPE_CHECKING:
+    from tta.engine import AdaptedModel
+
+
+def patch_shuffle(x: torch.Tensor, patch_len: int = 4) -> torch.Tensor:
+    """Shuffle the patch_len x patch_len grid of patches of each image independently."""
+    height, width = x.shape[-2:]
+    grid_h, grid_w = height // patch_len * patch_len, width // patch_len * patch_len
+    if grid_h == 0 or grid_w == 0:
+        raise ValueError(f"patch_len={patch_len} is larger than the images ({height}x{width})")
+    resized = (grid_h, grid_w) != (height, width)
+    if resized:
+        x = F.interpolate(x, size=(grid_h, grid_w), mode="bilinear", antialias=True)
+    b, c = x.shape[:2]
+    h, w = grid_h // patch_len, grid_w // patch_len
+    n = patch_len * patch_len
+    patches = x.reshape(b, c, patch_len, h, patch_len, w).permute(0, 2, 4, 1, 3, 5)
+    patches = patches.reshape(b, n, c, h, w)
+    order = torch.argsort(torch.rand(b, n), dim=1).to(x.device)
+    patches = patches[torch.arange(b, device=x.device).unsqueeze(1), order]
+    out = patches.reshape(b, patch_len, patch_len, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    out = out.reshape(b, c, grid_h, grid_w)
+    if resized:
+        out = F.interpolate(out, size=(height, width), mode="bilinear", antialias=True)
+    return out
+
+
+def plpd(logits: torch.Tensor, logits_shuffled: torch.Tensor) -> torch.Tensor:
+    """p(y_hat | x) - p(y_hat | x_shuffled), y_hat = argmax of p(. | x); per sample."""
+    probs, probs_shuffled = logits.softmax(1), logits_shuffled.softmax(1)
+    y_hat = probs.argmax(1, keepdim=True)
+    return (probs.gather(1, y_hat) - probs_shuffled.gather(1, y_hat)).squeeze(1)
+
+
+def deyo_weights(
+    entropy: torch.Tensor,
+    plpd_values: torch.Tensor,
+    e0: float,
+    reweight_ent: float = 1.0,
+    reweight_plpd: float = 1.0,
+) -> torch.Tensor:
+    """reweight_ent / exp(E - E0) + reweight_plpd * exp(PLPD) (ones if both factors are 0)."""
+    if not reweight_ent and not reweight_plpd:
+        return torch.ones_like(entropy)
+    return reweight_ent * torch.exp(-(entropy - e0)) + reweight_plpd * torch.exp(plpd_values)
+
+
+@LOSSES.register("deyo")
+class DeYOLoss(Loss):
+    """Entropy weighted by confidence and shape sensitivity (PLPD), on filtered samples."""
+
+    name = "deyo"
+    default_params = "norm-without-last-stage"  # resolved per model in check_model
+
+    def __init__(
+        self,
+        margin: float = 0.5,
+        margin_e0: float = 0.4,
+        plpd_threshold: float = 0.2,
+        patch_len: int = 4,
+        reweight_ent: float = 1.0,
+        reweight_plpd: float = 1.0,
+    ) -> None:
+        if patch_len < 1:
+            raise ValueError(f"patch_len must be >= 1, got {patch_len}")
+        self.margin = check_margin(margin, "loss 'deyo'")
+        self.margin_e0 = check_margin(margin_e0, "loss 'deyo' (margin_e0)")
+        self.plpd_threshold = plpd_threshold
+        self.patch_len = patch_len
+        self.reweight_ent = reweight_ent
+        self.reweight_plpd = reweight_plpd
+
+    def check_model(self, model: nn.Module) -> None:
+        try:
+            self.default_params = norm_params_without_last_stage(model)
+        except ValueError:  # no norm layer: resolving "norm" raises the clear error
+            self.default_params = "norm"
+
+    def configure(self, model: nn.Module) -> None:
+        model.eval()
+        use_batch_statistics(model)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        raise TypeError("loss 'deyo' needs the images (patch shuffling); it runs in tta.adapt")
+
+    def backward(
+        self,
+        adapted: AdaptedModel,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        keep: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        counters = adapted.counters
+        n_classes = logits.shape[1]
+        entropy = softmax_entropy(logits)
+        first = reliable(entropy, n_classes, self.margin)
+        first = first if keep is None else first & keep
+        counters.n_filtered_samples += int((~first).sum()) - (
+            int((~keep).sum()) if keep is not None else 0
+        )
+        if not bool(first.any()):
+            return None
+        with torch.no_grad():
+            logits_shuffled = adapted.model(patch_shuffle(x[first].detach(), self.patch_len))
+        counters.n_forward += 1
+        values = plpd(logits[first].detach(), logits_shuffled)
+        second = values > self.plpd_threshold
+        counters.n_filtered_samples += int((~second).sum())
+        if not bool(second.any()):
+            return None
+        kept_entropy = entropy[first][second]
+        weights = deyo_weights(
+            kept_entropy.detach(),
+            values[second],
+            self.margin_e0 * math.log(n_classes),
+            self.reweight_ent,
+            self.reweight_plpd,
+        )
+        loss = (kept_entropy * weights).mean(0)
+        loss.backward()
+        counters.n_backward += 1
+        return loss.detach()
