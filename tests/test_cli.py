@@ -52,7 +52,8 @@ def test_unknown_names_fail_with_the_known_ones(capsys):
     assert run_main(["--selector", "nope"]) == 2
     assert "unknown selector 'nope'; known:" in capsys.readouterr().err
     assert run_main(["--benchmark", "nope"]) == 2
-    assert "unknown benchmark 'nope'; known: fmnist-c" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'nope'; known:" in err and "fmnist-c" in err
     assert run_main(["--corruptions", "rain"]) == 2
     assert "unknown corruption 'rain'" in capsys.readouterr().err
 
@@ -84,3 +85,26 @@ def test_interrupted_run_writes_finished_domains(trained, tmp_path, monkeypatch,
         "gaussian_noise"
     ]
     assert "interrupted" in capsys.readouterr().out
+
+
+def test_seeds_and_named_domain_sets(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr("tta.models.source.TrainConfig.epochs", 1)
+    out = tmp_path / "seeds"
+    args = ["--data-root", str(trained), "--out", str(out), "--corruptions", "heldout"]
+    args += ["--n-per-domain", "20", "--batch-size", "10", "--seeds", "0,1", "--no-source"]
+    assert run_main(args) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["std_error"] >= 0
+    per_seed = json.loads((out / "seed1" / "results.json").read_text())
+    assert [d["domain"] for d in per_seed["per_domain"]] == [
+        "speckle_noise",
+        "gaussian_blur",
+        "spatter",
+        "saturate",
+    ]
+    assert per_seed["protocol"]["seed"] == 1
+
+
+def test_bad_n_per_domain(capsys):
+    assert run_main(["--n-per-domain", "many"]) == 2
+    assert "--n-per-domain takes a positive integer or 'all'" in capsys.readouterr().err

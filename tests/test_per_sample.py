@@ -13,7 +13,12 @@ from torch import nn
 import tta
 from tta.layers import partition
 from tta.params import select_parameters
-from tta.per_sample import constant_batch_statistics, hooks_support, per_sample_grads
+from tta.per_sample import (
+    Capture,
+    constant_batch_statistics,
+    hooks_support,
+    per_sample_grads,
+)
 
 
 class InplaceNet(nn.Module):
@@ -117,6 +122,26 @@ def test_per_sample_grads_leave_the_model_untouched(images):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     with torch.no_grad():
         assert torch.equal(model(images), before)
+
+
+@pytest.mark.parametrize("spec", ["norm", "all"])
+def test_capturing_the_models_own_forward_keeps_its_backward_exact(images, spec):
+    model, loss = configured(make_tiny_net(), "tent")
+    twin, _ = configured(make_tiny_net(), "tent")
+    params = [p for _, p in select_parameters(model, spec)]
+    with Capture(model, params, exact=True) as capture:
+        logits = model(images)
+    got = capture.grads(logits, loss)
+    expected = per_sample_grads(twin, images, loss, [p for _, p in select_parameters(twin, spec)])
+    for g, e in zip(got, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-6, rtol=1e-4)
+    loss(logits).backward()  # the graph was kept, and runs the exact (coupled) backward
+    twin_logits = twin(images)
+    loss(twin_logits).backward()
+    assert torch.equal(logits, twin_logits)
+    for p, q in zip(params, select_parameters(twin, spec), strict=True):
+        assert torch.equal(p.grad, q[1].grad)
+    assert all("forward" not in m.__dict__ for m in model.modules())
 
 
 # --- the grad-align filter ----------------------------------------------------------------
@@ -246,6 +271,55 @@ def test_no_kept_sample_skips_the_step(images):
     assert (counters.n_steps, counters.n_skipped) == (1, 1)
     assert counters.n_filtered_samples == len(images)
     assert all(torch.equal(p, w) for p, w in zip(adapted._params, weights, strict=True))
+
+
+@pytest.mark.parametrize("spec", ["norm", "all"])
+def test_keeping_every_sample_changes_nothing(images, spec):
+    """The filter's extra backward leaves the engine's update bit-for-bit as without it."""
+
+    def run(**options):
+        adapted = tta.adapt(make_tiny_net(), loss="tent", params=spec, lr=1e-2, **options)
+        for step in range(4):
+            adapted(images.roll(step, 0)[:12])
+        return adapted
+
+    plain = run()
+    filtered = run(sample_filter="grad-align", sample_filter_options={"threshold": -1.0})
+    assert filtered.sample_filter.kept_fraction == [1.0] * 4
+    assert filtered.sample_filter.extra_passes == {"forward": 0, "backward": 3}
+    for p, q in zip(plain._params, filtered._params, strict=True):
+        assert torch.equal(p, q)
+    filtered.reset()
+    assert not filtered.model._forward_hooks and not filtered.model._forward_pre_hooks
+
+
+def recorded_scores(images, **options):
+    """The cosines a filter computes over three steps of tent + SGD (every sample kept)."""
+    adapted = tta.adapt(
+        make_tiny_net(), loss="tent", optimizer="sgd", lr=0.05, sample_filter="grad-align",
+        sample_filter_options={"threshold": -1.0, **options},
+    )  # fmt: skip
+    fil, seen = adapted.sample_filter, []
+    scores = fil.scores
+
+    def spy(*args):
+        seen.append(scores(*args))
+        return seen[-1]
+
+    fil.scores = spy
+    for step in range(3):
+        adapted(images.roll(step, 0))
+    return seen, fil.extra_passes
+
+
+def test_shared_and_separate_forwards_score_alike(images):
+    shared, shared_passes = recorded_scores(images)
+    separate, separate_passes = recorded_scores(images, share_forward=False, method="vmap")
+    assert len(shared) == len(separate) == 2
+    for a, b in zip(shared, separate, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert shared_passes == {"forward": 0, "backward": 2}
+    assert separate_passes == {"forward": 2, "backward": 2}
 
 
 @pytest.mark.parametrize("loss", ["entropy", "tent"])

@@ -11,8 +11,9 @@ import torch
 from conftest import TinyNet
 
 from tta.benchmarks import Benchmark
+from tta.comparison import comparison_rows
 from tta.published import PROTOCOLS, Protocol, Published, protocol
-from tta.reproduce import comparison_rows, main, parse_method, reproduce
+from tta.reproduce import main, parse_method, reproduce
 from tta.stream import StreamSpec
 
 
@@ -96,6 +97,8 @@ def test_comparison_rows_pair_ours_with_every_published_number():
 
 
 def test_main_fails_clearly_without_data_or_loader(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TTA_CACHE", str(tmp_path / "cache"))  # no data found anywhere
+    monkeypatch.delenv("TTA_DATA", raising=False)
     missing = Protocol(
         "nope", "Nope-C", "nope-c", "Standard", "continual", 200, 10, ("source",), ()
     )

@@ -14,7 +14,6 @@ import torch
 
 import tta
 from tta.benchmarks import BENCHMARKS, Benchmark
-from tta.data.corruptions import ALL_CORRUPTIONS, STANDARD_CORRUPTIONS
 from tta.paths import cache_dir
 from tta.presets import FAMILIES, family_of, methods, preset
 from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
@@ -86,11 +85,28 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--benchmark", default="fmnist-c", help=f"one of: {', '.join(BENCHMARKS.names())}"
     )
-    p.add_argument("--corruptions", default=None, help="comma-separated; default: the standard 15")
-    p.add_argument("--severity", type=int, default=5)
+    p.add_argument(
+        "--corruptions",
+        default=None,
+        help="domains in order: comma-separated names or sets (standard, heldout, all); "
+        "default: the benchmark's (the standard 15 corruptions)",
+    )
+    p.add_argument("--severity", type=int, default=5, help="1..5 (ignored by domainbed)")
     p.add_argument("--setting", default="continual", choices=SETTINGS)
+    p.add_argument(
+        "--dirichlet-delta", type=float, default=None, help="label-correlated order (correlated)"
+    )
+    p.add_argument("--order-seed", type=int, default=None, help="permute the domain order")
+    p.add_argument("--model", default=None, help="robustbench name, torchvision:<name>, ...")
+    p.add_argument("--model-dir", default=None, help="where robustbench checkpoints live")
+    p.add_argument("--dataset", default=None, help="domainbed: PACS, VLCS, OfficeHome, ...")
+    p.add_argument("--target", default=None, help="domainbed: the target (test) domain")
     p.add_argument("--batch-size", type=int, default=None, help="default 200, or the preset's")
-    p.add_argument("--n-per-domain", type=int, default=1000)
+    p.add_argument(
+        "--n-per-domain",
+        default=None,
+        help="images per domain, or 'all'; default 1000 on fmnist-c, 5000 on imagenet-c, else all",
+    )
     p.add_argument(
         "--optimizer", default=None, choices=("adam", "sgd"), help="default adam, or the preset's"
     )
@@ -100,6 +116,7 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=1, help="adaptation steps per batch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: mean and std over them")
     p.add_argument("--data-root", default=None, help="where datasets are found or generated")
     p.add_argument(
         "--download", action="store_true", help="download missing source data (needs internet)"
@@ -176,9 +193,56 @@ def check_names(args: argparse.Namespace) -> None:
     BENCHMARKS.get(args.benchmark)
     if args.sample_filter:
         SAMPLE_FILTERS.get(args.sample_filter)
-    for name in args.corruptions or ():
-        if name not in ALL_CORRUPTIONS:
-            raise ValueError(f"unknown corruption {name!r}; known: {', '.join(ALL_CORRUPTIONS)}")
+
+
+DEFAULT_N_PER_DOMAIN = {"fmnist-c": 1000, "imagenet-c": 5000}
+
+
+def build_benchmark(args: argparse.Namespace) -> Benchmark:
+    options = {"data_root": args.data_root, "download": args.download}
+    if args.dataset is not None or args.target is not None:
+        options.update(dataset=args.dataset, target=args.target)
+    return BENCHMARKS.create(args.benchmark, **options)
+
+
+def build_spec(args: argparse.Namespace, benchmark: Benchmark) -> StreamSpec:
+    """The stream from the flags; domain names are checked against the benchmark."""
+    n = args.n_per_domain
+    if n is None:
+        n = DEFAULT_N_PER_DOMAIN.get(args.benchmark)
+    elif str(n).lower() == "all":
+        n = None
+    else:
+        try:
+            n = int(n)
+        except ValueError as error:
+            raise ValueError(
+                f"--n-per-domain takes a positive integer or 'all', got {n!r}"
+            ) from error
+    spec = StreamSpec(
+        benchmark=args.benchmark,
+        corruptions=args.corruptions or benchmark.default_domains(),
+        severity=args.severity if benchmark.uses_severity else None,
+        setting=args.setting,
+        batch_size=args.batch_size,
+        n_per_domain=n,
+        seed=args.seed,
+        dirichlet_delta=args.dirichlet_delta,
+        order_seed=args.order_seed,
+    )
+    benchmark.check_domains(spec.domains())
+    return spec
+
+
+def build_model(args: argparse.Namespace, benchmark: Benchmark) -> tuple[torch.nn.Module, dict]:
+    if args.model is None:
+        model, info = benchmark.source_model()
+    else:
+        from tta.models.zoo import model_for_benchmark
+
+        model, info = model_for_benchmark(args.model, benchmark, args.model_dir)
+    benchmark.check_model(model)
+    return model, info
 
 
 def pick_device(name: str) -> torch.device:
@@ -205,25 +269,16 @@ def source_errors(model, spec: StreamSpec, benchmark, model_key: str, device) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    args.corruptions = args.corruptions.split(",") if args.corruptions else None
     resolve_args(args)
     check_names(args)
     params = args.params.split(",") if args.params and "," in args.params else args.params
     selector_options = parse_options(args.selector_option, "--selector-option")
     filter_options = parse_options(args.sample_filter_option, "--sample-filter-option")
-    spec = StreamSpec(
-        benchmark=args.benchmark,
-        corruptions=tuple(args.corruptions or STANDARD_CORRUPTIONS),
-        severity=args.severity,
-        setting=args.setting,
-        batch_size=args.batch_size,
-        n_per_domain=args.n_per_domain,
-        seed=args.seed,
-    )
     device = pick_device(args.device)
+    benchmark = build_benchmark(args)
+    spec = build_spec(args, benchmark)
     torch.manual_seed(args.seed)
-    benchmark = BENCHMARKS.create(args.benchmark, data_root=args.data_root, download=args.download)
-    model, model_info = benchmark.source_model()
+    model, model_info = build_model(args, benchmark)
     model = model.to(device)
     benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)
     adapted = tta.adapt(
@@ -258,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         "momentum": args.momentum if args.optimizer == "sgd" else None,
         "steps": args.steps,
     }
-    card = {**spec.card(), **method, **model_info, "device": str(device)}
+    card = {**spec.card(), **benchmark.describe(), **method, **model_info, "device": str(device)}
     print("protocol card:\n" + format_card(card), flush=True)
     out_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{args.loss}-{args.selector}")
     source = (
@@ -313,10 +368,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_seeds(args: argparse.Namespace) -> int:
+    """One run per seed (in <out>/seed<N>/), then mean and std over seeds in seeds.json."""
+    import numpy as np
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-seeds")
+    means = {}
+    for seed in seeds:
+        seed_args = copy.copy(args)
+        seed_args.seed, seed_args.out = seed, str(out / f"seed{seed}")
+        code = run(seed_args)
+        means[seed] = json.loads((out / f"seed{seed}" / "results.json").read_text())["mean_error"]
+        if code != 0:
+            return code
+    summary = {
+        "seeds": seeds,
+        "mean_error": float(np.mean(list(means.values()))),
+        "std_error": float(np.std(list(means.values()))),
+        "per_seed_mean_error": means,
+    }
+    (out / "seeds.json").write_text(json.dumps(summary, indent=2))
+    print(
+        f"mean error over seeds {seeds}: {summary['mean_error']:.2f} +- {summary['std_error']:.2f}"
+    )
+    return 0
+
+
 def run_main(argv: list[str] | None = None) -> int:
     args = run_parser().parse_args(argv)
     try:
-        return run(args)
+        return run_seeds(args) if args.seeds else run(args)
     except USER_ERRORS as error:
         print(f"tta-run: error: {error}", file=sys.stderr)
         return 2
@@ -328,6 +410,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tta-train", description="Train the fmnist-c source model.")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: mean and std over them")
     p.add_argument("--data-root", default=None)
     p.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
     p.add_argument("--ship", action="store_true", help=f"also copy the checkpoint to {SHIPPED_DIR}")

@@ -19,16 +19,18 @@ through the logits (EATA's Fisher penalty) are not part of any g_i.
 
 Two batched methods:
 
-- "hooks" (the trick Opacus uses): one forward with constant statistics that keeps the input
-  of every module owning a trainable parameter, one backward (`autograd.grad`) to those
-  modules' outputs, then per-sample parameter gradients in closed form: Linear
-  `g_W[i] = gy_i^T a_i`; Conv2d the same on unfolded patches; BatchNorm
-  `g_w[i] = sum_hw gy_i * x_hat_i`, `g_b[i] = sum_hw gy_i`. Cost: about one step.
+- "hooks" (the trick Opacus uses): one forward that records what each module owning a
+  trainable parameter needs, one `autograd.grad`, then per-sample gradients in closed form.
+  BatchNorm runs as `_TapBatchNorm`, whose backward holds the statistics constant and hands
+  out the per-sample affine gradients sum_space(gy * x_hat), sum_space(gy); Linear:
+  gy_i^T a_i; convolutions: `vmap` over the convolution's weight-gradient. A `Capture` can
+  also record the engine's own forward: then per-sample gradients cost one extra backward
+  (constant statistics) and no extra forward, and the engine's backward stays exact.
 - "vmap": `torch.func.vmap(grad(...))` over a functional call of the model, BatchNorm replaying
   statistics recorded by one no-grad forward of the whole batch. Works for any module type.
 
-"auto" takes "hooks" when every trainable parameter belongs to a Linear, Conv2d or BatchNorm
-(measured faster on ResNet-20; see benchmarks/per_sample_speed.py), else "vmap".
+"auto" takes "hooks" when every trainable parameter belongs to a Linear, a convolution or a
+BatchNorm (faster on ResNet-20; see benchmarks/per_sample_speed.py), else "vmap".
 """
 
 from __future__ import annotations
@@ -56,15 +58,17 @@ def per_sample_grads(
 ) -> list[torch.Tensor]:
     """Per-sample gradients of `loss` w.r.t. `params`, batch statistics held constant.
 
-    Returns one tensor per parameter, shaped (B, *param.shape). The model's weights, buffers
-    and `.grad` are left untouched.
+    Returns one tensor per parameter, shaped (B, *param.shape). Runs its own forward; the
+    model's weights, buffers and `.grad` are left untouched.
     """
     if method not in METHODS:
         raise ValueError(f"unknown per-sample method {method!r}; known: {', '.join(METHODS)}")
     if method == "auto":
         method = "hooks" if hooks_support(model, params) else "vmap"
     if method == "hooks":
-        return _grads_by_hooks(model, x, loss, params)
+        with Capture(model, params) as capture, torch.enable_grad():
+            logits = model(x)
+        return capture.grads(logits, loss)
     return _grads_by_vmap(model, x, loss, params)
 
 
@@ -86,65 +90,62 @@ def output_grad(loss: LossFn, logits: torch.Tensor) -> torch.Tensor:
     return dz * z.shape[0]
 
 
-# --- BatchNorm with constant batch statistics ---------------------------------------------
-
-
-def _stats(bn: BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, invstd) `bn` normalizes `x` with, detached: of the batch, or the running ones.
-
-    The batch statistics come from the native training-mode kernel, several times faster on
-    CPU than `torch.var_mean` over (N, H, W).
-    """
-    if not bn.training and bn.running_mean is not None:
-        return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
-    _, mean, invstd = torch.native_batch_norm(x.detach(), None, None, None, None, True, 0.0, bn.eps)
-    return mean, invstd
-
-
-def _normalize(bn: BatchNorm, x: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]):
-    """BatchNorm of `x` (with its affine map) with the given constant (mean, invstd)."""
-    mean, invstd = stats
-    var = invstd.pow(-2) - bn.eps
-    return F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
-
-
-class _ConstantStatsBatchNorm(torch.autograd.Function):
-    """BatchNorm whose backward treats the statistics as constants: dx = gy * w * invstd.
-
-    The forward is the native kernel (one pass, as a plain BatchNorm). `per_sample_weight`
-    and `per_sample_bias` are the affine parameters `expand`ed to (B, C, 1, ...): unused by
-    the forward, they receive the per-sample gradients sum_space(gy * x_hat) and sum_space(gy).
-    """
-
-    @staticmethod
-    def forward(ctx, x, bn, per_sample_weight, per_sample_bias):  # noqa: ANN001, ANN205
-        if bn.training or bn.running_mean is None:
-            out, mean, invstd = torch.native_batch_norm(
-                x, bn.weight, bn.bias, None, None, True, 0.0, bn.eps
-            )
-        else:
-            mean, invstd = _stats(bn, x)
-            out = F.batch_norm(
-                x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
-            )
-        ctx.save_for_backward(x, mean, invstd, bn.weight)
-        return out
-
-    @staticmethod
-    def backward(ctx, gy):  # noqa: ANN001, ANN205
-        x, mean, invstd, weight = ctx.saved_tensors
-        shape = _channel_shape(gy)
-        scale = invstd if weight is None else weight * invstd
-        gx = gy * scale.view(shape) if ctx.needs_input_grad[0] else None
-        if not ctx.needs_input_grad[2]:
-            return gx, None, None, None
-        dims = list(range(2, gy.dim()))
-        x_hat = (x - mean.view(shape)) * invstd.view(shape)
-        return gx, None, (gy * x_hat).sum(dims, keepdim=True), gy.sum(dims, keepdim=True)
+# --- BatchNorm with constant statistics ----------------------------------------------------
 
 
 def _channel_shape(x: torch.Tensor, batch: int = 1) -> list[int]:
     return [batch, -1] + [1] * (x.dim() - 2)
+
+
+def _uses_batch_stats(bn: BatchNorm) -> bool:
+    return bn.training or bn.running_mean is None
+
+
+class _Mode:
+    """Which backward `_TapBatchNorm` runs; flipped by `Capture.grads` for its own pass."""
+
+    def __init__(self, constant: bool) -> None:
+        self.constant = constant
+
+
+class _TapBatchNorm(torch.autograd.Function):
+    """BatchNorm forward by the native kernel; two backwards, chosen when the backward runs.
+
+    Exact: the native BatchNorm backward (the layer's true gradient, as without the tap).
+    Constant: the statistics are constants, dx = gy * w * invstd, and the (B, C, 1, ...)
+    `expand`ed copies of the affine parameters, unused by the forward, receive the per-sample
+    gradients sum_space(gy * x_hat) and sum_space(gy). Running statistics are never updated.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, sample_weight, sample_bias, bn, mode):  # noqa: ANN001, ANN205
+        batch = _uses_batch_stats(bn)
+        running = (None, None) if batch else (bn.running_mean, bn.running_var)
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, *running, batch, 0.0, bn.eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.batch, ctx.running, ctx.eps, ctx.mode = batch, running, bn.eps, mode
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: ANN001, ANN205
+        x, weight, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if not ctx.mode.constant:
+            mask = [need[0], need[1] and weight is not None, need[2] and weight is not None]
+            grads = torch.ops.aten.native_batch_norm_backward(
+                gy, x, weight, *ctx.running, mean, invstd, ctx.batch, ctx.eps, mask
+            )
+            return (*grads, None, None, None, None)
+        if not ctx.batch:
+            mean, invstd = ctx.running[0], torch.rsqrt(ctx.running[1] + ctx.eps)
+        shape = _channel_shape(gy)
+        scale = invstd if weight is None else weight * invstd
+        gx = gy * scale.view(shape) if need[0] else None
+        if not need[3]:
+            return gx, None, None, None, None, None, None
+        dims = list(range(2, gy.dim()))
+        g_weight = (gy * (x - mean.view(shape))).sum(dims, keepdim=True) * invstd.view(shape)
+        return gx, None, None, g_weight, gy.sum(dims, keepdim=True), None, None
 
 
 @contextlib.contextmanager
@@ -160,6 +161,14 @@ def _patched(model: nn.Module, make_forward: Callable[[BatchNorm], Callable]) ->
             bn.__dict__.pop("forward", None)
 
 
+def _stats(bn: BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var) `bn` normalizes `x` with, detached: of the batch, or the running ones."""
+    if not _uses_batch_stats(bn):
+        return bn.running_mean, bn.running_var
+    _, mean, invstd = torch.native_batch_norm(x.detach(), None, None, None, None, True, 0, bn.eps)
+    return mean, invstd.pow(-2) - bn.eps
+
+
 @contextlib.contextmanager
 def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
     """Inside the block every BatchNorm normalizes any input with the statistics of batch `x`.
@@ -171,11 +180,13 @@ def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[tor
     """
     recorded: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
+    def normalize(bn: BatchNorm, inp: torch.Tensor, stats: tuple) -> torch.Tensor:
+        return F.batch_norm(inp, *stats, bn.weight, bn.bias, False, 0.0, bn.eps)
+
     def recorder(bn: BatchNorm) -> Callable:
         def forward(self: BatchNorm, inp: torch.Tensor) -> torch.Tensor:
-            stats = _stats(self, inp)
-            recorded.setdefault(id(self), []).append(stats)
-            return _normalize(self, inp, stats)
+            recorded.setdefault(id(self), []).append(_stats(self, inp))
+            return normalize(self, inp, recorded[id(self)][-1])
 
         return forward
 
@@ -188,7 +199,7 @@ def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[tor
             calls = recorded[id(self)]
             stats = calls[cursor[id(self)] % len(calls)]
             cursor[id(self)] += 1
-            return _normalize(self, inp, stats)
+            return normalize(self, inp, stats)
 
         return forward
 
@@ -196,7 +207,7 @@ def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[tor
         yield logits
 
 
-# --- "hooks": one forward, one backward, closed-form per-sample rules ---------------------
+# --- "hooks": record one forward, one autograd.grad, closed-form per-sample rules ---------
 
 
 def _linear_rule(module: nn.Linear, inp: torch.Tensor, gy: torch.Tensor) -> dict:
@@ -234,67 +245,102 @@ def _hook_rule(module: nn.Module) -> Callable | None:
     return None
 
 
-def _owns_wanted(module: nn.Module, wanted: set[int]) -> bool:
+def _owns(module: nn.Module, wanted: set[int]) -> bool:
     return any(id(p) in wanted for p in module.parameters(recurse=False))
 
 
-def _grads_by_hooks(
-    model: nn.Module, x: torch.Tensor, loss: LossFn, params: Sequence[nn.Parameter]
-) -> list[torch.Tensor]:
-    """One forward, one `autograd.grad`; see the module docstring.
+class Capture:
+    """Records, during one forward of `model`, what per-sample gradients of `params` need.
 
-    Linear/Conv2d: a zero "probe" added to the output makes autograd return the output's
-    gradient gy, even where a later op modifies the output in place. BatchNorm: the affine
-    weight and bias enter as (B, C) `expand`ed copies, whose gradients are the per-sample
-    ones (autograd sums gy * x_hat and gy over space).
+    Use as a context manager around a forward, then call `grads(logits, loss)`. With
+    `exact=False` (as `per_sample_grads` does) the forward is a side computation. With
+    `exact=True` the forward can be the engine's own: the logits and every backward other
+    than `grads`' are those of the unmodified model (native BatchNorm kernels), and `grads`
+    keeps the graph for the engine's backward.
+
+    Linear/convolution outputs get a zero "probe" added, whose gradient is the output's
+    gradient gy even where a later op modifies the output in place.
     """
-    wanted = {id(p) for p in params}
-    leaves: list[torch.Tensor] = []  # what autograd.grad differentiates to
-    calls: list[tuple[nn.Module, torch.Tensor | None, int]] = []  # module, its input, slot
 
-    def probe(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], exact: bool = False):
+        self.model = model
+        self.wanted = {id(p) for p in params}
+        self.params = list(params)
+        self.exact = exact
+        self.mode = _Mode(constant=not exact)
+        self.output: torch.Tensor | None = None  # the recorded forward's output, if kept
+        self.leaves: list[torch.Tensor] = []  # what `grads` differentiates to
+        self.calls: list[tuple[nn.Module, torch.Tensor | None, int]] = []  # module, input, slot
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Capture:
+        self._stack.enter_context(_patched(self.model, self._batchnorm_forward))
+        for module in self.model.modules():
+            if _hook_rule(module) is not None and _owns(module, self.wanted):
+                self._stack.callback(module.register_forward_hook(self._probe).remove)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def _probe(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros_like(output, requires_grad=True)
-        calls.append((module, args[0].detach(), len(leaves)))
-        leaves.append(zero)
+        self.calls.append((module, args[0].detach(), len(self.leaves)))
+        self.leaves.append(zero)
         return output + zero
 
-    def live(bn: BatchNorm) -> Callable:
+    def _batchnorm_forward(self, bn: BatchNorm) -> Callable:
+        capture = self
+
         def forward(self: BatchNorm, inp: torch.Tensor) -> torch.Tensor:
-            if self.weight is None or not _owns_wanted(self, wanted):
-                return _ConstantStatsBatchNorm.apply(inp, self, None, None)
-            one, per_sample = _channel_shape(inp), _channel_shape(inp, inp.shape[0])
-            weight = self.weight.view(one).expand(per_sample)
-            bias = self.bias.view(one).expand(per_sample)
-            calls.append((self, None, len(leaves)))
-            leaves.extend((weight, bias))
-            return _ConstantStatsBatchNorm.apply(inp, self, weight, bias)
+            per_sample = (None, None)
+            if self.weight is not None and _owns(self, capture.wanted):
+                one, expanded = _channel_shape(inp), _channel_shape(inp, inp.shape[0])
+                per_sample = (self.weight.view(one).expand(expanded),
+                              self.bias.view(one).expand(expanded))  # fmt: skip
+                capture.calls.append((self, None, len(capture.leaves)))
+                capture.leaves.extend(per_sample)
+            return _TapBatchNorm.apply(inp, self.weight, self.bias, *per_sample, self, capture.mode)
 
         return forward
 
-    handles = [
-        m.register_forward_hook(probe)
-        for m in model.modules()
-        if _hook_rule(m) is not None and _owns_wanted(m, wanted)
-    ]
-    try:
-        with _patched(model, live), torch.enable_grad():
-            logits = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    grads = torch.autograd.grad(logits, leaves, output_grad(loss, logits), allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
-    per_param: dict[int, torch.Tensor] = {}
-    for module, inp, slot in calls:
+    def grads(self, logits: torch.Tensor, loss: LossFn) -> list[torch.Tensor]:
+        """Per-sample gradients (B, *shape) of `loss`, one per parameter, statistics constant."""
+        batch = logits.shape[0]
+        found: dict[int, torch.Tensor] = {}
+        if self.leaves:
+            self.mode.constant = True
+            try:
+                grads = torch.autograd.grad(
+                    logits, self.leaves, output_grad(loss, logits),
+                    retain_graph=self.exact, allow_unused=True,
+                )  # fmt: skip
+            finally:
+                self.mode.constant = not self.exact
+            for module, inp, slot in self.calls:
+                for name, g in self._rule(module, inp, grads, slot).items():
+                    key = id(getattr(module, name))
+                    if key in self.wanted:
+                        found[key] = found[key] + g if key in found else g
+        return [found.get(id(p), logits.new_zeros(batch, *p.shape)) for p in self.params]
+
+    def _rule(self, module: nn.Module, inp, grads: tuple, slot: int) -> dict:
+        gy = grads[slot] if grads[slot] is not None else torch.zeros_like(self.leaves[slot])
         if isinstance(module, BatchNorm):
-            found = {"weight": grads[slot].flatten(1), "bias": grads[slot + 1].flatten(1)}
-        else:
-            found = _hook_rule(module)(module, inp, grads[slot])
-        for name, g in found.items():
-            key = id(getattr(module, name))
-            if key in wanted:
-                per_param[key] = per_param[key] + g if key in per_param else g
-    return [per_param.get(id(p), x.new_zeros(x.shape[0], *p.shape)) for p in params]
+            bias = grads[slot + 1] if grads[slot + 1] is not None else torch.zeros_like(gy)
+            return {"weight": gy.flatten(1), "bias": bias.flatten(1)}
+        return _hook_rule(module)(module, inp, gy)
+
+
+def shares_forward(model: nn.Module, params: Sequence[nn.Parameter]) -> bool:
+    """Whether an exact `Capture` can record the model's own forward: every parameter has a
+    hook rule, and no BatchNorm updates running statistics (the tap never does)."""
+    tracking = any(
+        bn.training and bn.running_mean is not None
+        for bn in model.modules()
+        if isinstance(bn, BatchNorm)
+    )
+    return not tracking and hooks_support(model, params)
 
 
 # --- "vmap": a functional model, recorded statistics replayed -----------------------------

@@ -36,7 +36,7 @@ def format_table(per_domain: list[dict], source: list[dict] | None, label: str) 
         matched.append(src)
         src_text = f"{src:10.2f}" if src is not None else f"{'-':>10}"
         lines.append(
-            f"{d['domain']:<20}{d['severity']:>4}{d['n']:>7}{src_text}{d['error']:>{width}.2f}"
+            f"{d['domain']:<20}{d['severity'] or '-':>4}{d['n']:>7}{src_text}{d['error']:>{width}.2f}"
         )
     mean = np.mean([d["error"] for d in per_domain]) if per_domain else float("nan")
     known = [s for s in matched if s is not None]

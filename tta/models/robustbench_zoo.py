@@ -84,9 +84,20 @@ def find_threat_model(name: str, dataset: str, threat_model: str | None = None) 
     )
 
 
+def from_torch_hub(name: str, dataset: str) -> bool:
+    """robustbench builds ImageNet `Standard*` from torchvision's pretrained weights."""
+    return dataset == "imagenet" and "Standard" in name
+
+
+def torch_hub_file(url: str) -> Path:
+    from torch.hub import get_dir
+
+    return Path(get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
 def _download_source(entry: dict, name: str, dataset: str) -> str:
     gdrive = entry.get("gdrive_id")
-    if dataset == "imagenet" and "Standard" in name:
+    if from_torch_hub(name, dataset):
         from torchvision.models import ResNet50_Weights
 
         return ResNet50_Weights.IMAGENET1K_V1.url
@@ -94,17 +105,21 @@ def _download_source(entry: dict, name: str, dataset: str) -> str:
     return ", ".join(f"https://drive.google.com/uc?id={i}" for i in ids if i) or "the timm hub"
 
 
+def is_web_page(path: Path) -> bool:
+    """Google Drive answers a failed download with HTML, which robustbench saves as the .pt."""
+    with path.open("rb") as handle:
+        return handle.read(1) == b"<"
+
+
 def _explain(
     error: Exception, name: str, dataset: str, threat: str, path: Path, existed: bool, url: str
 ) -> Exception:
     """A user-facing error for a failed robustbench load: what was expected where, and why."""
     what = f"robustbench model {name!r} ({dataset}, {threat})"
-    if dataset == "imagenet" and "Standard" in name:
-        from torch.hub import get_dir
-
-        target = Path(get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if from_torch_hub(name, dataset):
         return FileNotFoundError(
-            f"{what} is torchvision's ResNet-50 and needs its IMAGENET1K_V1 weights at {target} "
+            f"{what} is torchvision's ResNet-50 and needs its IMAGENET1K_V1 weights at "
+            f"{torch_hub_file(url)} "
             f"(downloaded from {url} when online; offline, copy the file there or set "
             f"TORCH_HOME): {type(error).__name__}: {error}"
         )
@@ -116,7 +131,7 @@ def _explain(
             f"from {url}; offline, download that file elsewhere and copy it to {path}, or pass "
             f"the model directory that holds <dataset>/<threat_model>/<name>.pt.{leftover}"
         )
-    if path.is_file() and path.read_bytes()[:1] == b"<":
+    if path.is_file() and is_web_page(path):
         return RuntimeError(
             f"{path} is a web page, not a checkpoint (a failed Google Drive download); delete "
             f"it and download {url} again"
@@ -164,7 +179,7 @@ def load_robustbench(
         "model_source": "robustbench",
         "dataset": dataset,
         "threat_model": threat,
-        "checkpoint": str(path) if not (dataset == "imagenet" and "Standard" in name) else url,
+        "checkpoint": str(torch_hub_file(url) if from_torch_hub(name, dataset) else path),
         "num_classes": DATASETS[dataset],
         "normalization": {
             **(normalization or {"mean": None, "std": None}),

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tta.per_sample import METHODS, per_sample_grads
+from tta.per_sample import METHODS, Capture, per_sample_grads, shares_forward
 from tta.registry import SAMPLE_FILTERS
 from tta.selectors.gala import parse_window
 
@@ -74,6 +74,7 @@ class GradAlign:
         window: int | float | str | None = 20,
         granularity: str = "all",
         method: str = "auto",
+        share_forward: bool = True,
     ) -> None:
         if not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
@@ -85,13 +86,20 @@ class GradAlign:
         self.window = parse_window(window)
         self.granularity = granularity
         self.method = method
+        self.share_forward = share_forward
         self.kept_fraction: list[float] = []
+        self.extra_passes = {"forward": 0, "backward": 0}
+        self._hooks: list = []
+        self._busy = False
         self.reset()
 
     def reset(self) -> None:
         """Restart the window: the next batch moves the anchor and keeps every sample."""
         self._calls = 0
         self._anchor: list[torch.Tensor] | None = None
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._open, self._capture = [], None, None
 
     def trace(self) -> dict:
         """Fraction of each batch kept, one entry per call."""
@@ -103,28 +111,72 @@ class GradAlign:
         position = self._calls if self.window is None else self._calls % self.window
         self._calls += 1
         params = [p for layer in adapted.layers for p in layer.params]
+        capture, self._capture = self._capture, None
+        if capture is not None and capture.output is not logits:
+            capture = None  # recorded some other forward
         if position == 0 or self._anchor is None:
             self._anchor = [p.detach().clone() for p in params]
+            self._record_forwards(adapted.model, params)
             self.kept_fraction.append(1.0)
             return None
-        scores = self.scores(adapted, x, params)
+        scores = self.scores(adapted, x, params, capture)
         keep = scores > self.threshold
         self.kept_fraction.append(float(keep.float().mean()))
         return keep
 
-    def scores(self, adapted, x: torch.Tensor, params: Sequence[torch.nn.Parameter]):
+    def scores(
+        self,
+        adapted,
+        x: torch.Tensor,
+        params: Sequence[torch.nn.Parameter],
+        capture: Capture | None = None,
+    ) -> torch.Tensor:
         """cos_i of every sample (B,), against the current anchor."""
         td = [p.detach() - a for p, a in zip(params, self._anchor, strict=True)]
         if not any(bool(t.any()) for t in td):
             return x.new_ones(x.shape[0])  # TD = 0: every cosine is 1, no gradients needed
         with torch.enable_grad():
-            grads = per_sample_grads(adapted.model, x, adapted.loss, params, self.method)
+            if capture is not None:
+                grads = capture.grads(capture.output, adapted.loss)
+            else:
+                self._busy = True  # our own forward is not to be recorded
+                try:
+                    grads = per_sample_grads(adapted.model, x, adapted.loss, params, self.method)
+                finally:
+                    self._busy = False
+                self.extra_passes["forward"] += 1
+            self.extra_passes["backward"] += 1
         lrs = _learning_rates(adapted.optimizer, params)
         terms = [_terms(g, t, lr) for g, t, lr in zip(grads, td, lrs, strict=True)]
         if self.granularity == "all":
             nsq, dot, td_sq = _total(terms)
             return alignment(nsq, dot, td_sq, nsq > 0)
         return self._layer_mean(adapted.layers, terms)
+
+    def _record_forwards(self, model: torch.nn.Module, params: list) -> None:
+        """Hook `model` so each forward under grad is recorded by an exact `Capture`.
+
+        Then per-sample gradients reuse the engine's forward (one extra backward, no extra
+        forward). Installed at a window's first step, removed by `reset()`.
+        """
+        if self._hooks or not self.share_forward or self.method == "vmap":
+            return
+        if not shares_forward(model, params):
+            return
+
+        def begin(module: torch.nn.Module, args: tuple) -> None:
+            if torch.is_grad_enabled() and not self._busy:
+                self._open = Capture(module, params, exact=True).__enter__()
+
+        def end(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if self._open is not None:
+                self._open.__exit__(None, None, None)
+                self._open.output, self._capture, self._open = output, self._open, None
+
+        self._hooks = [
+            model.register_forward_pre_hook(begin),
+            model.register_forward_hook(end, always_call=True),
+        ]
 
     @staticmethod
     def _layer_mean(layers, terms: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
