@@ -69,7 +69,7 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> 
     for start in range(0, len(images), 500):
         x = torch.from_numpy(images[start : start + 500]).permute(0, 3, 1, 2).float() / 255
         correct += (model(x).argmax(1).numpy() == labels[start : start + 500]).sum()
-    return 100.0 * correct / len(images)
+    return float(100.0 * correct / len(images))
 
 
 def train(config: TrainConfig, data_root: str | None = None) -> dict:
