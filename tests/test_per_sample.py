@@ -22,18 +22,19 @@ from tta.per_sample import (
 
 
 class InplaceNet(nn.Module):
-    """In-place ReLUs after conv and BN, a Linear on a sequence axis: the hooks' edge cases."""
+    """In-place ReLUs, grouped/padded convolutions, a Linear on a sequence axis: edge cases."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.grouped = nn.Conv2d(4, 4, 2, padding="same", groups=2, padding_mode="reflect")
         self.bn = nn.BatchNorm2d(4)
         self.relu = nn.ReLU(inplace=True)
         self.proj = nn.Linear(4, 4)
         self.fc = nn.Linear(4, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn(self.relu(self.conv(x))))
+        out = self.relu(self.bn(self.grouped(self.relu(self.conv(x)))))
         tokens = self.proj(out.flatten(2).transpose(1, 2))  # (B, HW, 4)
         return self.fc(tokens.mean(1))
 
@@ -186,6 +187,7 @@ def test_keep_mask_matches_a_hand_computation():
     keep = fil.keep(x, None, adapted)
     assert keep.tolist() == [c > 0.5 for c in expected] == [True, False, True, True]
     assert fil.kept_fraction == [1.0, 0.75]
+    assert (fil.stats()["n_kept"], fil.stats()["n_removed"]) == (7, 1)
 
 
 def test_layer_granularity_averages_per_layer_cosines():
@@ -286,7 +288,9 @@ def test_keeping_every_sample_changes_nothing(images, spec):
     plain = run()
     filtered = run(sample_filter="grad-align", sample_filter_options={"threshold": -1.0})
     assert filtered.sample_filter.kept_fraction == [1.0] * 4
-    assert filtered.sample_filter.extra_passes == {"forward": 0, "backward": 3}
+    stats = filtered.sample_filter.stats()
+    assert (stats["n_extra_forward"], stats["n_extra_backward"]) == (0, 3)
+    assert (stats["n_kept"], stats["n_removed"]) == (48, 0)
     for p, q in zip(plain._params, filtered._params, strict=True):
         assert torch.equal(p, q)
     filtered.reset()
@@ -309,7 +313,7 @@ def recorded_scores(images, **options):
     fil.scores = spy
     for step in range(3):
         adapted(images.roll(step, 0))
-    return seen, fil.extra_passes
+    return seen, fil.stats()
 
 
 def test_shared_and_separate_forwards_score_alike(images):
@@ -318,8 +322,8 @@ def test_shared_and_separate_forwards_score_alike(images):
     assert len(shared) == len(separate) == 2
     for a, b in zip(shared, separate, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert shared_passes == {"forward": 0, "backward": 2}
-    assert separate_passes == {"forward": 2, "backward": 2}
+    assert (shared_passes["n_extra_forward"], shared_passes["n_extra_backward"]) == (0, 2)
+    assert (separate_passes["n_extra_forward"], separate_passes["n_extra_backward"]) == (2, 2)
 
 
 @pytest.mark.parametrize("loss", ["entropy", "tent"])

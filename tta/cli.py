@@ -347,6 +347,8 @@ def run(args: argparse.Namespace) -> int:
         "peak_memory_mb": peak_memory_mb(device),
         **result.counters,
         "selector": selector_summary,
+        "loss_stats": adapted.loss.stats(),
+        "sample_filter_stats": getattr(adapted.sample_filter, "stats", dict)(),
         "interrupted": result.interrupted or bool(source and source.interrupted),
         "versions": versions(),
         "seed": args.seed,

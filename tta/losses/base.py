@@ -60,6 +60,10 @@ class Loss:
     def after_update(self, adapted: AdaptedModel) -> None:
         """Runs after every committed update."""
 
+    def stats(self) -> dict[str, int]:
+        """Counts worth reporting (e.g. samples each filter removed); shown in results.json."""
+        return {}
+
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-sample Shannon entropy H(p) = -sum_c p_c log p_c of p = softmax(logits)."""

@@ -27,16 +27,25 @@ Options and defaults:
   layer (the engine's layers, e.g. GALA's granularity), averaged over the layers where
   u_i != 0. A sample with u_i = 0 everywhere has cosine 0 (no update, nothing to align).
 - `method="auto"`: how per-sample gradients are computed (see `tta.per_sample`).
+- `share_forward=True`: reuse the engine's forward. From a window's first step until
+  `reset()` the filter keeps a forward pre-hook and hook on the model, so that each forward
+  under grad is recorded by `tta.per_sample.Capture`: BatchNorm runs the native kernels
+  through a tap (same logits; the engine's own backward is exact, bit for bit, see the
+  tests), Linear/convolution outputs get a zero added whose gradient is the output's.
+  Without it (`False`, or a parameter of a module with no closed-form rule, or a BatchNorm
+  that updates running statistics) the filter runs its own forward.
 
 The approximation: per-sample gradients treat BatchNorm's batch statistics as constants
 (computed from the whole batch, detached). The logits are exact; only the gradient paths
 through the batch mean and variance are dropped. It decides which samples count; the update
 itself is the loss's exact gradient over the kept samples. With Adam, u_i uses lr * g_i, not
 Adam's normalized step, so once TD has grown the test is close to "does -g_i point along TD".
+The loss is called once more per step, on detached logits, to get dL/dlogits.
 
-Cost per step (except a window's first): one extra forward and one extra backward (with
-batch statistics held constant), per-sample gradients of the trainable parameters (B copies
-of them), and O(B * #params) dot products. No Python loop over samples.
+Cost per step (except a window's first, which costs nothing): one extra backward (plus one
+extra forward without `share_forward`), per-sample gradients of the trainable parameters (B
+copies of them), and O(B * #params) dot products; no Python loop over samples. Counted in
+`stats()`; benchmarks/per_sample_speed.py measures it against a plain TENT step.
 """
 
 from __future__ import annotations
@@ -87,10 +96,11 @@ class GradAlign:
         self.granularity = granularity
         self.method = method
         self.share_forward = share_forward
-        self.kept_fraction: list[float] = []
-        self.extra_passes = {"forward": 0, "backward": 0}
+        self.kept_fraction: list[float] = []  # per call; these counts span the whole run
+        self.n_kept = self.n_removed = self.n_extra_forward = self.n_extra_backward = 0
         self._hooks: list = []
         self._busy = False
+        self._checked = False
         self.reset()
 
     def reset(self) -> None:
@@ -105,6 +115,15 @@ class GradAlign:
         """Fraction of each batch kept, one entry per call."""
         return {"kept_fraction": list(self.kept_fraction)} if self.kept_fraction else {}
 
+    def stats(self) -> dict[str, int]:
+        """Samples kept and removed, and the extra passes the filter ran, over the whole run."""
+        return {
+            "n_kept": self.n_kept,
+            "n_removed": self.n_removed,
+            "n_extra_forward": self.n_extra_forward,
+            "n_extra_backward": self.n_extra_backward,
+        }
+
     @torch.no_grad()
     def keep(self, x: torch.Tensor, logits: torch.Tensor, adapted) -> torch.Tensor | None:
         """Boolean mask over the batch (None: keep all, at a window's first step)."""
@@ -115,14 +134,32 @@ class GradAlign:
         if capture is not None and capture.output is not logits:
             capture = None  # recorded some other forward
         if position == 0 or self._anchor is None:
+            self._check_loss(adapted.loss, logits)
             self._anchor = [p.detach().clone() for p in params]
             self._record_forwards(adapted.model, params)
-            self.kept_fraction.append(1.0)
+            self._count(len(x), len(x))
             return None
-        scores = self.scores(adapted, x, params, capture)
-        keep = scores > self.threshold
-        self.kept_fraction.append(float(keep.float().mean()))
+        keep = self.scores(adapted, x, params, capture) > self.threshold
+        self._count(int(keep.sum()), len(x))
         return keep
+
+    def _count(self, kept: int, total: int) -> None:
+        self.n_kept += kept
+        self.n_removed += total - kept
+        self.kept_fraction.append(kept / total)
+
+    def _check_loss(self, loss, logits: torch.Tensor) -> None:
+        """Fail at the first batch, not the second, if the loss cannot score logits alone."""
+        if self._checked:
+            return
+        try:
+            loss(logits.detach())
+        except TypeError as error:
+            raise ValueError(
+                "sample filter 'grad-align' differentiates loss(logits) per sample, and this "
+                f"loss has no such objective: {error}"
+            ) from error
+        self._checked = True
 
     def scores(
         self,
@@ -144,8 +181,8 @@ class GradAlign:
                     grads = per_sample_grads(adapted.model, x, adapted.loss, params, self.method)
                 finally:
                     self._busy = False
-                self.extra_passes["forward"] += 1
-            self.extra_passes["backward"] += 1
+                self.n_extra_forward += 1
+            self.n_extra_backward += 1
         lrs = _learning_rates(adapted.optimizer, params)
         terms = [_terms(g, t, lr) for g, t, lr in zip(grads, td, lrs, strict=True)]
         if self.granularity == "all":
