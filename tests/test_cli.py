@@ -46,6 +46,19 @@ def test_run_writes_table_json_csv_and_plot(trained, tmp_path, capsys, monkeypat
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2 and float(rows[0]["source_error"]) >= 0
     assert (out / "errors.png").stat().st_size > 1000
+    source_out = tmp_path / "source"
+    args = [
+        "--loss",
+        "source",
+        "--data-root",
+        str(trained),
+        "--out",
+        str(source_out),
+        "--no-source",
+    ]
+    assert run_main([*args, *TINY]) == 0
+    plain = json.loads((source_out / "results.json").read_text())["per_domain"]
+    assert plain == results["source_per_domain"], "the baseline is the unadapted model"
 
 
 def test_unknown_names_fail_with_the_known_ones(capsys):

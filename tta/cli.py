@@ -255,12 +255,16 @@ def pick_device(name: str) -> torch.device:
 
 
 def source_errors(model, spec: StreamSpec, benchmark, model_key: str, device) -> StreamResult:
-    """The unadapted model's errors on the same stream, cached (they never change)."""
+    """The unadapted model's errors on the same stream, cached (they never change).
+
+    `model` must be a copy taken before `tta.adapt` configured the adapted one (TENT-style
+    methods change BatchNorm in place).
+    """
     key = hashlib.sha256(json.dumps([model_key, spec.card()], sort_keys=True).encode()).hexdigest()
     path = cache_dir() / "source-results" / f"{key[:16]}.json"
     if path.exists():
         return StreamResult(per_domain=json.loads(path.read_text()))
-    source = tta.adapt(copy.deepcopy(model), loss="source")
+    source = tta.adapt(model, loss="source")
     result = run_stream(source, spec, benchmark, device, desc="source")
     if not result.interrupted:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model, model_info = build_model(args, benchmark)
     model = model.to(device)
+    source_copy = None if args.no_source else copy.deepcopy(model)  # before adapt configures it
     benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)
     adapted = tta.adapt(
         model,
@@ -319,7 +324,9 @@ def run(args: argparse.Namespace) -> int:
     source = (
         None
         if args.no_source
-        else source_errors(model, spec, benchmark, json.dumps(model_info, default=str), device)
+        else source_errors(
+            source_copy, spec, benchmark, json.dumps(model_info, default=str), device
+        )
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
