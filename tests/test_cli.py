@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from tta.cli import run_main, train_main
 
@@ -46,19 +47,25 @@ def test_run_writes_table_json_csv_and_plot(trained, tmp_path, capsys, monkeypat
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2 and float(rows[0]["source_error"]) >= 0
     assert (out / "errors.png").stat().st_size > 1000
-    source_out = tmp_path / "source"
-    args = [
-        "--loss",
-        "source",
-        "--data-root",
-        str(trained),
-        "--out",
-        str(source_out),
-        "--no-source",
-    ]
-    assert run_main([*args, *TINY]) == 0
-    plain = json.loads((source_out / "results.json").read_text())["per_domain"]
-    assert plain == results["source_per_domain"], "the baseline is the unadapted model"
+
+
+def test_source_baseline_uses_the_unconfigured_model(trained, tmp_path, monkeypatch):
+    """TENT switches BatchNorm to batch statistics in place; the baseline must not see that."""
+    import tta.cli
+
+    monkeypatch.setattr("tta.models.source.TrainConfig.epochs", 1)
+    seen = []
+    original = tta.cli.source_errors
+
+    def spy(model, *args):
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        seen.append([bn.running_mean is not None for bn in bns])
+        return original(model, *args)
+
+    monkeypatch.setattr(tta.cli, "source_errors", spy)
+    args = ["--loss", "tent", "--data-root", str(trained), "--out", str(tmp_path / "run"), *TINY]
+    assert run_main(args) == 0
+    assert seen and seen[0] and all(seen[0]), "the baseline's BatchNorm keeps running statistics"
 
 
 def test_unknown_names_fail_with_the_known_ones(capsys):
