@@ -26,6 +26,7 @@ SETS = {
         for lr in ("1e-4", "1e-3", "1e-2")
         for selector in ("all", "gala")
     ],
+    # tent's preset is the core set's tent; cotta (up to 34 forwards a batch) runs last
     "zoo": [
         f"--method {method} --selector {selector}"
         for method in (

@@ -178,13 +178,13 @@ def hand_cosine(u: list[float], td: list[float]) -> float:
 def test_keep_mask_matches_a_hand_computation():
     fil, adapted, model = toy_filter(threshold=0.5)
     x = torch.tensor([[-1.0, 0.0], [0.5, 0.0], [0.0, 1.0], [2.0, 1.0]])
-    assert fil.keep(x, None, adapted) is None  # the window's first step sets the anchor
+    assert fil.keep(x, model(x), adapted) is None  # the window's first step sets the anchor
     td = [1.0, 0.0, -1.0, 0.0]  # W moves by [[1, 0], [-1, 0]] (row-major)
     with torch.no_grad():
         model.weight += torch.tensor(td).view(2, 2)
     expected = [hand_cosine([-a, -b, a, b], td) for a, b in x.tolist()]
     assert expected == pytest.approx([1.0, -1.0, 1 / math.sqrt(2), 6 / math.sqrt(40)])
-    keep = fil.keep(x, None, adapted)
+    keep = fil.keep(x, model(x), adapted)
     assert keep.tolist() == [c > 0.5 for c in expected] == [True, False, True, True]
     assert fil.kept_fraction == [1.0, 0.75]
     assert (fil.stats()["n_kept"], fil.stats()["n_removed"]) == (7, 1)
@@ -204,7 +204,7 @@ def test_layer_granularity_averages_per_layer_cosines():
     )
     fil = tta.SAMPLE_FILTERS.create("grad-align", granularity="layer", threshold=-1.0)
     x = torch.tensor([[1.0, 2.0], [-1.0, 0.5]])
-    fil.keep(x, None, adapted)
+    fil.keep(x, model(x), adapted)
     with torch.no_grad():
         model[0].weight += torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # only layer 0 moves
     # z = W1 W0 x; sample gradients: dW1 = [h; -h] with h = W0 x; dW0 = W1^T [1, -1] x^T
@@ -245,20 +245,32 @@ def test_every_window_starts_by_keeping_all_samples():
     x = torch.tensor([[0.5, 0.0], [0.0, 1.0]])
     masks = []
     for _ in range(6):
-        masks.append(fil.keep(x, None, adapted))
+        masks.append(fil.keep(x, model(x), adapted))
         with torch.no_grad():
             model.weight += torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
     assert [m is None for m in masks] == [True, False, False, True, False, False]
     assert not masks[1].any()
     fil.reset()
-    assert fil.keep(x, None, adapted) is None
+    assert fil.keep(x, model(x), adapted) is None
 
 
 def test_no_window_keeps_the_first_anchor():
     fil, adapted, model = toy_filter(window=None)
     x = torch.tensor([[1.0, 0.0]])
-    masks = [fil.keep(x, None, adapted) for _ in range(25)]
+    masks = [fil.keep(x, model(x), adapted) for _ in range(25)]
     assert masks[0] is None and all(m is not None for m in masks[1:])
+
+
+def test_a_loss_without_a_logits_objective_fails_at_the_first_batch():
+    class TeacherLoss(tta.losses.Loss):
+        def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+            raise TypeError("this loss needs its teacher")
+
+    fil, adapted, model = toy_filter()
+    adapted.loss = TeacherLoss()
+    x = torch.tensor([[1.0, 0.0]])
+    with pytest.raises(ValueError, match="grad-align.*needs its teacher"):
+        fil.keep(x, model(x), adapted)
 
 
 def test_no_kept_sample_skips_the_step(images):

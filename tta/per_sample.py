@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call, grad, vmap
 
 BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -118,7 +119,7 @@ class _TapBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, sample_weight, sample_bias, bn, mode):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, sample_weight, sample_bias, bn, mode):
         batch = _uses_batch_stats(bn)
         running = (None, None) if batch else (bn.running_mean, bn.running_var)
         out, mean, invstd = torch.native_batch_norm(x, weight, bias, *running, batch, 0.0, bn.eps)
@@ -127,7 +128,8 @@ class _TapBatchNorm(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, gy):  # noqa: ANN001, ANN205
+    @once_differentiable  # a double backward through the tap errors instead of being wrong
+    def backward(ctx, gy):
         x, weight, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         if not ctx.mode.constant:
@@ -150,15 +152,19 @@ class _TapBatchNorm(torch.autograd.Function):
 
 @contextlib.contextmanager
 def _patched(model: nn.Module, make_forward: Callable[[BatchNorm], Callable]) -> Iterator[None]:
-    """Temporarily replace every BatchNorm's forward (an instance attribute, removed on exit)."""
+    """Temporarily replace every BatchNorm's forward (an instance attribute, restored on exit)."""
     bns = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    previous = [bn.__dict__.get("forward") for bn in bns]
     try:
         for bn in bns:
             bn.forward = types.MethodType(make_forward(bn), bn)
         yield
     finally:
-        for bn in bns:
-            bn.__dict__.pop("forward", None)
+        for bn, forward in zip(bns, previous, strict=True):
+            if forward is None:
+                bn.__dict__.pop("forward", None)
+            else:
+                bn.forward = forward
 
 
 def _stats(bn: BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,8 +346,11 @@ class Capture:
 
 
 def shares_forward(model: nn.Module, params: Sequence[nn.Parameter]) -> bool:
-    """Whether an exact `Capture` can record the model's own forward: every parameter has a
-    hook rule, and no BatchNorm updates running statistics (the tap never does)."""
+    """Whether an exact `Capture` can record the model's own forward.
+
+    It can when every parameter has a hook rule and no BatchNorm updates running statistics
+    (the tap never does).
+    """
     tracking = any(
         bn.training and bn.running_mean is not None
         for bn in model.modules()
