@@ -23,18 +23,18 @@ LOSS_OPTIONS = {
     "sar": {"margin": 1.0},
     "pl": {"threshold": 0.0},
     "shot": {"threshold": 0.0},
+    "deyo": {"margin": 1.0, "plpd_threshold": -1.0},
 }
 SELECTOR_OPTIONS = {"fixed": {"first": 1}}
 FILTER_OPTIONS = {"entropy": {"margin": 1.0}, "redundancy": {"d_margin": 1.5}}
 # (loss, selector or filter) -> a phrase the refusal's message must contain.
-REFUSED: dict[tuple[str, str], str] = {}
+REFUSED: dict[tuple[str, str], str] = {
+    ("cotta", "grad-align"): "needs more than the logits",
+    ("deyo", "grad-align"): "needs more than the logits",
+}
 # Combinations that fail today without a clear refusal (strict xfail: fixing one fails here,
 # so it is moved out of this list).
-KNOWN_GAPS = {
-    ("cotta", "grad-align"): "grad-align differentiates loss(logits) per sample, but cotta's "
-    "loss needs its teacher's pseudo-labels: TypeError at the first step instead of a "
-    "refusal at tta.adapt",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def cases(others: list[str]) -> list:

@@ -69,6 +69,12 @@ def adapt(
         if sample_filter
         else None
     )
+    if getattr(filter_fn, "needs_logit_objective", False) and not loss_fn.scores_logits_alone:
+        raise ValueError(
+            f"sample filter {sample_filter!r} differentiates the loss of each sample's logits, "
+            f"but loss {loss!r} needs more than the logits (its objective uses the images or a "
+            "teacher); use another sample filter with this loss"
+        )
     loss_fn.check_model(model)
     trainable = select_parameters(model, params or loss_fn.default_params) if loss_fn.adapts else []
     layers = partition(

@@ -27,6 +27,7 @@ class Loss:
     name = "loss"
     default_params = "norm"
     adapts = True
+    scores_logits_alone = True  # False when the objective needs more than the logits (images)
 
     def check_model(self, model: nn.Module) -> None:
         """Raise a clear error if the model lacks what the method needs; runs before any change."""

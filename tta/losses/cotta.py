@@ -142,6 +142,7 @@ def stochastic_restore(params: list[tuple[nn.Parameter, torch.Tensor]], rst: flo
 
 @LOSSES.register("cotta")
 class CoTTALoss(Loss):
+    scores_logits_alone = False  # the objective needs the teacher's pseudo-labels
     """Mean-teacher cross-entropy with augmentation-averaged pseudo-labels and restore."""
 
     name = "cotta"

@@ -93,6 +93,7 @@ def deyo_weights(
 
 @LOSSES.register("deyo")
 class DeYOLoss(Loss):
+    scores_logits_alone = False  # the objective needs the images (patch shuffling)
     """Entropy weighted by confidence and shape sensitivity (PLPD), on filtered samples."""
 
     name = "deyo"

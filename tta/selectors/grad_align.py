@@ -76,6 +76,7 @@ class GradAlign:
     """Gradient-alignment sample filter; see the module docstring."""
 
     name = "grad-align"
+    needs_logit_objective = True  # tta.adapt refuses losses that cannot score logits alone
 
     def __init__(
         self,
