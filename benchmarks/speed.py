@@ -59,7 +59,7 @@ def main() -> None:
         rates = {}
         for loss in ("source", "norm", "tent"):
             adapted = tta.adapt(copy.deepcopy(base), loss=loss)
-            rates[loss] = batch / median_seconds(lambda a=adapted: a(x), args.repeats)
+            rates[loss] = batch / median_seconds(lambda a=adapted, x=x: a(x), args.repeats)
         raw_model = copy.deepcopy(base)
         use_batch_statistics(raw_model)
         raw_model.requires_grad_(False)
