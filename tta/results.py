@@ -40,8 +40,8 @@ def format_table(per_domain: list[dict], source: list[dict] | None, label: str) 
         )
     mean = np.mean([d["error"] for d in per_domain]) if per_domain else float("nan")
     known = [s for s in matched if s is not None]
-    src_mean = np.mean(known) if known else float("nan")
-    lines.append(f"{'mean':<31}{src_mean:10.2f}{mean:>{width}.2f}")
+    src_mean = f"{np.mean(known):10.2f}" if known else f"{'-':>10}"
+    lines.append(f"{'mean':<31}{src_mean}{mean:>{width}.2f}")
     return "\n".join(lines)
 
 
