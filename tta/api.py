@@ -76,7 +76,9 @@ def adapt(
             "teacher); use another sample filter with this loss"
         )
     loss_fn.check_model(model)
-    trainable = select_parameters(model, params or loss_fn.default_params) if loss_fn.adapts else []
+    trainable = (
+        select_parameters(model, params or loss_fn.params_for(model)) if loss_fn.adapts else []
+    )
     layers = partition(
         trainable,
         getattr(layer_selector, "granularity", "module"),

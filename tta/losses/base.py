@@ -29,6 +29,10 @@ class Loss:
     adapts = True
     scores_logits_alone = True  # False when the objective needs more than the logits (images)
 
+    def params_for(self, model: nn.Module) -> str | list[str]:
+        """The parameter set used for `params=None` (model-dependent for SAR and DeYO)."""
+        return self.default_params
+
     def check_model(self, model: nn.Module) -> None:
         """Raise a clear error if the model lacks what the method needs; runs before any change."""
 

@@ -97,7 +97,7 @@ class DeYOLoss(Loss):
     """Entropy weighted by confidence and shape sensitivity (PLPD), on filtered samples."""
 
     name = "deyo"
-    default_params = "norm-without-last-stage"  # resolved per model in check_model
+    default_params = "norm-without-last-stage"  # resolved per model by params_for
 
     def __init__(
         self,
@@ -117,11 +117,11 @@ class DeYOLoss(Loss):
         self.reweight_ent = reweight_ent
         self.reweight_plpd = reweight_plpd
 
-    def check_model(self, model: nn.Module) -> None:
+    def params_for(self, model: nn.Module) -> str | list[str]:
         try:
-            self.default_params = norm_params_without_last_stage(model)
+            return norm_params_without_last_stage(model)
         except ValueError:  # no norm layer: resolving "norm" raises the clear error
-            self.default_params = "norm"
+            return "norm"
 
     def configure(self, model: nn.Module) -> None:
         model.eval()

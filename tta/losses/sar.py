@@ -119,7 +119,7 @@ class SARLoss(Loss):
     """Reliable entropy with a sharpness-aware two-pass step and model recovery."""
 
     name = "sar"
-    default_params = "norm-without-last-stage"  # resolved per model in check_model
+    default_params = "norm-without-last-stage"  # resolved per model by params_for
 
     def __init__(self, margin: float = 0.4, rho: float = 0.05, reset_constant: float = 0.2) -> None:
         if rho < 0:
@@ -130,11 +130,11 @@ class SARLoss(Loss):
         self.ema: float | None = None
         self.n_recoveries = 0
 
-    def check_model(self, model: nn.Module) -> None:
+    def params_for(self, model: nn.Module) -> str | list[str]:
         try:
-            self.default_params = norm_params_without_last_stage(model)
+            return norm_params_without_last_stage(model)
         except ValueError:  # no norm layer: resolving "norm" raises the clear error
-            self.default_params = "norm"
+            return "norm"
 
     def configure(self, model: nn.Module) -> None:
         model.eval()
