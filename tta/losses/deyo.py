@@ -36,11 +36,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tta.losses.base import Loss, softmax_entropy
-from tta.losses.sar import norm_params_without_last_stage
-from tta.params import use_batch_statistics
+from tta.losses.base import softmax_entropy
+from tta.losses.sar import LastStageFrozenLoss
 from tta.registry import LOSSES
 from tta.selectors.entropy_filter import check_margin, reliable
 
@@ -92,12 +90,11 @@ def deyo_weights(
 
 
 @LOSSES.register("deyo")
-class DeYOLoss(Loss):
+class DeYOLoss(LastStageFrozenLoss):
     scores_logits_alone = False  # the objective needs the images (patch shuffling)
     """Entropy weighted by confidence and shape sensitivity (PLPD), on filtered samples."""
 
     name = "deyo"
-    default_params = "norm-without-last-stage"  # resolved per model by params_for
 
     def __init__(
         self,
@@ -116,16 +113,6 @@ class DeYOLoss(Loss):
         self.patch_len = patch_len
         self.reweight_ent = reweight_ent
         self.reweight_plpd = reweight_plpd
-
-    def params_for(self, model: nn.Module) -> str | list[str]:
-        try:
-            return norm_params_without_last_stage(model)
-        except ValueError:  # no norm layer: resolving "norm" raises the clear error
-            return "norm"
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()
-        use_batch_statistics(model)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         raise TypeError("loss 'deyo' needs the images (patch shuffling); it runs in tta.adapt")

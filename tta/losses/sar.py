@@ -114,21 +114,11 @@ def restore(params: list[nn.Parameter], saved: list[torch.Tensor]) -> None:
             p.copy_(value)
 
 
-@LOSSES.register("sar")
-class SARLoss(Loss):
-    """Reliable entropy with a sharpness-aware two-pass step and model recovery."""
+class LastStageFrozenLoss(Loss):
+    """SAR's and DeYO's setting: BatchNorm on batch statistics, norm-affine parameters
+    outside the network's last stage (see `norm_params_without_last_stage`)."""
 
-    name = "sar"
     default_params = "norm-without-last-stage"  # resolved per model by params_for
-
-    def __init__(self, margin: float = 0.4, rho: float = 0.05, reset_constant: float = 0.2) -> None:
-        if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
-        self.margin = check_margin(margin, "loss 'sar'")
-        self.rho = rho
-        self.reset_constant = reset_constant
-        self.ema: float | None = None
-        self.n_recoveries = 0
 
     def params_for(self, model: nn.Module) -> str | list[str]:
         try:
@@ -139,6 +129,22 @@ class SARLoss(Loss):
     def configure(self, model: nn.Module) -> None:
         model.eval()
         use_batch_statistics(model)
+
+
+@LOSSES.register("sar")
+class SARLoss(LastStageFrozenLoss):
+    """Reliable entropy with a sharpness-aware two-pass step and model recovery."""
+
+    name = "sar"
+
+    def __init__(self, margin: float = 0.4, rho: float = 0.05, reset_constant: float = 0.2) -> None:
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        self.margin = check_margin(margin, "loss 'sar'")
+        self.rho = rho
+        self.reset_constant = reset_constant
+        self.ema: float | None = None
+        self.n_recoveries = 0
 
     def reset(self) -> None:
         self.ema = None  # as the official reset; n_recoveries counts the whole run
