@@ -35,6 +35,7 @@ class Counters:
     n_skipped: int = 0
     n_nonfinite: int = 0
     n_filtered_samples: int = 0
+    n_recoveries: int = 0  # returns to the source weights (SAR)
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -11,8 +12,6 @@ from tqdm.auto import tqdm
 
 def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr with rate and ETA; silent when `TTA_QUIET` is set."""
-    import os
-
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("disable", bool(os.environ.get("TTA_QUIET")))
