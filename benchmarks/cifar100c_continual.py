@@ -16,7 +16,7 @@ runs/cifar100c-continual-<time>/comparison.md and comparison.json; GPU when pres
 
 import sys
 
-from tta.reproduce import main
+from tta.harness.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main("cifar100c-continual"))

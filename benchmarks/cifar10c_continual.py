@@ -19,7 +19,7 @@ and comparison.json; uses the GPU when there is one.
 
 import sys
 
-from tta.reproduce import main
+from tta.harness.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main("cifar10c-continual"))

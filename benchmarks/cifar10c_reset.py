@@ -14,7 +14,7 @@ Writes runs/cifar10c-reset-<time>/comparison.md and comparison.json; GPU when pr
 
 import sys
 
-from tta.reproduce import main
+from tta.harness.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main("cifar10c-reset"))

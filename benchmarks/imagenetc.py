@@ -17,7 +17,7 @@ present (a CPU run of 75000 ResNet-50 images takes hours).
 
 import sys
 
-from tta.reproduce import main
+from tta.harness.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main("imagenetc-continual"))

@@ -9,7 +9,7 @@ For each batch size and parameter set (`norm`: TENT's BatchNorm affine; `all`):
   per-sample gradients are computed every step (a window of 20 averages in one plain step),
   reusing the engine's forward (the default); "separate": with `share_forward=False`, the
   filter runs its own forward with constant batch statistics;
-- per-sample gradients alone by the two batched methods of `tta.per_sample` ("hooks",
+- per-sample gradients alone by the two batched methods of `tta.filters.per_sample` ("hooks",
   "vmap") and by a Python loop over samples (one backward each, same constant batch
   statistics), and the loop / best batched speedup.
 
@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 
 import tta
+from tta.filters.per_sample import constant_batch_statistics, per_sample_grads
 from tta.models.resnet import resnet20
-from tta.per_sample import constant_batch_statistics, per_sample_grads
 
 
 def loop_grads(model, x, loss, params) -> list[torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import tta
 from tta.losses import softmax_entropy
 from tta.models import resnet20
-from tta.params import use_batch_statistics
+from tta.norm.batch import use_batch_statistics
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:

@@ -11,8 +11,8 @@ import torch
 from conftest import TinyNet, make_tiny_net
 
 import tta
-from tta.benchmarks import BENCHMARKS
-from tta.stream import StreamSpec, run_stream
+from tta.data.benchmarks import BENCHMARKS
+from tta.harness.stream import StreamSpec, run_stream
 
 PER_SEVERITY = 4  # the real release has 10000
 

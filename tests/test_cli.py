@@ -87,7 +87,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
 def test_interrupted_run_writes_finished_domains(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("tta.models.source.TrainConfig.epochs", 1)
-    from tta.benchmarks import FashionMnistC
+    from tta.data.fmnist_c import FashionMnistC
 
     original = FashionMnistC.load
 

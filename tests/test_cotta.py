@@ -75,7 +75,7 @@ def test_low_anchor_confidence_averages_augmented_teacher_predictions(images):
     with torch.no_grad():
         expected = sum(teacher(cotta_augment(images)) for _ in range(3)) / 3
     torch.manual_seed(5)
-    target = adapted.loss.pseudo_label(adapted, images)
+    target = adapted.loss.pseudo_label(adapted.loss_context, images)
     assert torch.allclose(target, expected, atol=1e-6)
     with torch.no_grad():
         plain = teacher(images)

@@ -73,7 +73,7 @@ def test_deyo_step_against_hand_computation(images):
     expected_grads = torch.autograd.grad(expected_loss, params)
 
     torch.manual_seed(3)
-    loss = adapted.loss.backward(adapted, images, adapted.model(images), None)
+    loss = adapted.loss.backward(adapted.loss_context, images, adapted.model(images), None)
     assert 0 < int(first.sum()) < len(images)
     assert torch.allclose(loss, expected_loss, atol=1e-6)
     trainable = [p for layer in adapted.layers for p in layer.params]

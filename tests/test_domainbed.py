@@ -11,9 +11,9 @@ from conftest import TinyNet
 from PIL import Image
 
 import tta
-from tta.benchmarks import BENCHMARKS
-from tta.data.domainbed_train import TrainConfig, train_source
-from tta.stream import StreamSpec, run_stream
+from tta.data.benchmarks import BENCHMARKS
+from tta.harness.stream import StreamSpec, run_stream
+from tta.models.domainbed_train import TrainConfig, train_source
 
 DOMAINS = ("cartoon", "photo", "sketch")
 CLASSES = ("dog", "horse")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,10 +10,10 @@ import torch.nn.functional as F
 from conftest import make_tiny_net
 
 import tta
-from tta.engine import Counters
+from tta.context import Counters, LossContext
+from tta.filters.entropy import EntropyFilter, reliable
+from tta.filters.redundancy import RedundancyFilter, non_redundant, update_average
 from tta.losses.eata import EataLoss, EtaLoss, fisher_information
-from tta.selectors.entropy_filter import EntropyFilter, reliable
-from tta.selectors.redundancy_filter import RedundancyFilter, non_redundant, update_average
 
 
 def entropy_by_hand(row: list[float]) -> float:
@@ -43,8 +42,9 @@ def penalty_of(loss_fn: EataLoss, model: torch.nn.Module) -> float:
         return float(loss_fn.penalty(model))
 
 
-def fake_adapted() -> SimpleNamespace:
-    return SimpleNamespace(counters=Counters(), model=torch.nn.Linear(1, 1))
+def fake_adapted() -> LossContext:
+    """A loss context without an engine: a stand-in model, fresh counters, no reset."""
+    return LossContext(torch.nn.Linear(1, 1), (), Counters(), lambda: None)
 
 
 def test_entropy_filter_keeps_entropy_below_margin_ln_c():

@@ -27,7 +27,7 @@ def test_entropy_matches_hand_computation():
 
 def test_returns_logits_of_the_forward_before_the_update(tiny_net, images):
     reference = copy.deepcopy(tiny_net)
-    tta.params.use_batch_statistics(reference)
+    tta.norm.batch.use_batch_statistics(reference)
     with torch.no_grad():
         expected = reference(images)
     adapted = tta.adapt(tiny_net, loss="tent", lr=1e-2)

@@ -13,12 +13,12 @@ from torch import nn
 
 import tta
 from tta.engine import AdaptedModel
+from tta.harness.trace import write_trace
 from tta.layers import partition
 from tta.losses.base import Loss
 from tta.models import resnet20
 from tta.selectors.base import Proposal
 from tta.selectors.gala import Gala, parse_window
-from tta.trace import write_trace
 
 # ---------------------------------------------------------------- selector on hand-made proposals
 
@@ -40,10 +40,10 @@ def hand_cos(u: list[list[float]], td: list[list[float]]) -> float:
     return float(u @ (u + td) / (u.norm() * (u + td).norm()))
 
 
-def start_window(gala: Gala, anchor) -> list[float]:
+def start_window(gala: Gala, anchor, step: int = 0) -> list[float]:
     """The window's first call: anchor := `anchor`, every layer keeps its update."""
     ones = [[[1.0] * len(t) for t in layer] for layer in anchor]
-    return gala.select(proposal(anchor, ones))
+    return gala.select(proposal(anchor, ones, step=step))
 
 
 ANCHOR = [[[0.0, 0.0], [0.0]], [[0.0, 0.0, 0.0]], [[0.0]]]  # 3 layers, the first of 2 tensors
@@ -62,7 +62,7 @@ def test_cosines_match_hand_computation_over_flattened_layers():
 
 def test_single_keeps_only_the_argmax_layer_above_threshold():
     gala = Gala(threshold=0.75)
-    start_window(gala, ANCHOR)
+    start_window(gala, ANCHOR, step=6)
     before = [[[1.0, 0.0], [0.0]], [[1.0, 0.0, 0.0]], [[1.0]]]
     updates = [[[1.0, 1.0], [0.0]], [[1.0, 0.1, 0.0]], [[-0.5]]]  # cos ~0.95, ~0.999, -1
     assert gala.select(proposal(before, updates, step=7)) == [0.0, 1.0, 0.0]
@@ -107,15 +107,15 @@ def test_multi_keeps_every_layer_above_threshold():
 def test_window_moves_anchor_and_first_step_updates_all_layers():
     gala = Gala(threshold=0.75, window=3)
     one = [[[1.0]], [[1.0]]]
-    assert gala.select(proposal([[[0.0]], [[0.0]]], one)) == [1.0, 1.0]  # anchor 0
-    gala.select(proposal([[[1.0]], [[1.0]]], one))
-    gala.select(proposal([[[2.0]], [[2.0]]], one))
-    # call 3 opens a new window: anchor := theta = 5, even a reversing update is kept
+    assert gala.select(proposal([[[0.0]], [[0.0]]], one, step=0)) == [1.0, 1.0]  # anchor 0
+    gala.select(proposal([[[1.0]], [[1.0]]], one, step=1))
+    gala.select(proposal([[[2.0]], [[2.0]]], one, step=2))
+    # step 3 opens a new window: anchor := theta = 5, even a reversing update is kept
     back = [[[-1.0]], [[-1.0]]]
-    assert gala.select(proposal([[[5.0]], [[5.0]]], back)) == [1.0, 1.0]
-    # call 4: TD is measured from the new anchor 5 (TD = -1 agrees with u = -1: cos 1);
+    assert gala.select(proposal([[[5.0]], [[5.0]]], back, step=3)) == [1.0, 1.0]
+    # step 4: TD is measured from the new anchor 5 (TD = -1 agrees with u = -1: cos 1);
     # from the old anchor 0, TD = +4 would give cos -1 and a skip
-    assert gala.select(proposal([[[4.0]], [[4.0]]], back)) == [1.0, 0.0]
+    assert gala.select(proposal([[[4.0]], [[4.0]]], back, step=4)) == [1.0, 0.0]
     trace = gala.trace()
     assert trace["window_position"] == [0, 1, 2, 0, 1]
     assert trace["selected"][3] == [0, 1]
@@ -130,14 +130,14 @@ def test_no_reset_window_keeps_the_first_anchor():
         gala.select(proposal([[[float(step)]], [[float(step)]]], one, step=step))
     back = [[[-1.0]], [[-1.0]]]
     # theta = 30 with anchor 0: a reversing update is anti-aligned (cos -1) and skipped
-    assert gala.select(proposal([[[30.0]], [[30.0]]], back)) == [0.0, 0.0]
+    assert gala.select(proposal([[[30.0]], [[30.0]]], back, step=25)) == [0.0, 0.0]
     assert gala.trace()["window_position"][20] == 20
 
 
 def test_damping_scales_the_steps_after_the_window_start():
     gala = Gala(window=10, damping=0.5, damping_steps=2)
     one = [[[1.0]], [[1.0]]]
-    scales = [max(gala.select(proposal([[[float(s)]], [[0.0]]], one))) for s in range(5)]
+    scales = [max(gala.select(proposal([[[float(s)]], [[0.0]]], one, step=s))) for s in range(5)]
     assert scales == [1.0, 0.5, 0.5, 1.0, 1.0]
     assert Gala().damping is None  # off by default
 

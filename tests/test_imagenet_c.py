@@ -10,9 +10,9 @@ from conftest import make_tiny_net
 from PIL import Image
 
 import tta
-from tta.benchmarks import BENCHMARKS
+from tta.data.benchmarks import BENCHMARKS
 from tta.data.image_files import ImageFiles
-from tta.stream import StreamSpec, run_stream
+from tta.harness.stream import StreamSpec, run_stream
 
 WNIDS = ["n00000003", "n00000001", "n00000002"]  # sorted: ...01 is class 0
 PER_CLASS = 6

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import make_tiny_net
 
-from tta.models.classes import ClassCountError, check_num_classes, count_classes
+from tta.classes import ClassCountError, check_num_classes, count_classes
 from tta.models.normalized import Normalized
 from tta.models.resnet import resnet20
 from tta.models.robustbench_import import import_robustbench, lend_pkg_resources

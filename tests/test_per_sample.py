@@ -11,14 +11,14 @@ from conftest import make_tiny_net
 from torch import nn
 
 import tta
-from tta.layers import partition
-from tta.params import select_parameters
-from tta.per_sample import (
+from tta.filters.per_sample import (
     Capture,
     constant_batch_statistics,
     hooks_support,
     per_sample_grads,
 )
+from tta.layers import partition
+from tta.params import select_parameters
 
 
 class InplaceNet(nn.Module):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import make_tiny_net
 
 import tta
-from tta.engine import Counters
+from tta.context import Counters, LossContext
 from tta.losses.pl import PseudoLabelLoss
 from tta.losses.shot import ShotIMLoss, ShotLoss
 
@@ -27,8 +26,9 @@ def entropy_by_hand(probs: list[float], eps: float = 0.0) -> float:
     return -sum(p * math.log(p + eps) for p in probs)
 
 
-def fake_adapted() -> SimpleNamespace:
-    return SimpleNamespace(counters=Counters())
+def fake_adapted() -> LossContext:
+    """A loss context without an engine: a stand-in model, fresh counters, no reset."""
+    return LossContext(torch.nn.Linear(1, 1), (), Counters(), lambda: None)
 
 
 def test_pl_is_cross_entropy_of_confident_argmax():

@@ -1,4 +1,4 @@
-"""The published-protocol runner (tta.reproduce) on a tiny in-memory benchmark, and its
+"""The published-protocol runner (tta.harness.reproduce) on a tiny in-memory benchmark, and its
 comparison table; the real protocols need data and checkpoints the tests never fetch."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import TinyNet
 
-from tta.benchmarks import Benchmark
-from tta.comparison import comparison_rows
-from tta.published import PROTOCOLS, Protocol, Published, protocol
-from tta.reproduce import main, parse_method, reproduce
-from tta.stream import StreamSpec
+from tta.data.base import Benchmark
+from tta.harness.comparison import comparison_rows
+from tta.harness.published import PROTOCOLS, Protocol, Published, protocol
+from tta.harness.reproduce import main, parse_method, reproduce
+from tta.harness.stream import StreamSpec
 
 
 class MemoryBenchmark(Benchmark):

@@ -11,8 +11,9 @@ from conftest import make_tiny_net
 from torch import nn
 
 import tta
+import tta.params
 from tta.losses import softmax_entropy
-from tta.losses.sar import norm_params_without_last_stage
+from tta.losses.sar import norm_params_without_last_stage, official_norm_params
 from tta.models import ResNetCifar
 
 RHO = 0.05
@@ -55,7 +56,7 @@ def test_second_pass_uses_the_perturbed_weights_and_restores_them(images):
     params = [p for layer in adapted.layers for p in layer.params]
     before = [p.detach().clone() for p in params]
     logits = adapted.model(images)
-    loss = adapted.loss.backward(adapted, images, logits, None)
+    loss = adapted.loss.backward(adapted.loss_context, images, logits, None)
 
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True)), "w restored"
     assert torch.allclose(loss, loss2, atol=1e-6)
@@ -67,13 +68,22 @@ def test_second_pass_uses_the_perturbed_weights_and_restores_them(images):
     assert adapted.counters.n_backward == 2 and adapted.counters.n_forward == 1
 
 
-def test_first_filter_drops_samples_and_nothing_reliable_skips(images):
-    adapted = tta.adapt(make_tiny_net(), loss="sar", margin=1e-3, lr=1e-2)
-    source = copy.deepcopy(adapted.model.state_dict())
+def test_nothing_reliable_still_takes_the_official_zero_gradient_momentum_step(images):
+    """The official code's NaN loss has a zero gradient; SGD momentum still moves the weights."""
+    lr = 1e-2
+    adapted = tta.adapt(make_tiny_net(), loss="sar", margin=10.0, optimizer="sgd", lr=lr)
+    adapted(images)  # a real step fills the momentum buffers
+    params = [p for layer in adapted.layers for p in layer.params]
+    before = [p.detach().clone() for p in params]
+    buffers = [adapted.optimizer.state[p]["momentum_buffer"].clone() for p in params]
+    adapted.loss.margin = 1e-3  # now no sample is reliable
     adapted(images)
-    assert adapted.counters.n_skipped == 1 and adapted.counters.n_backward == 0
+    for p, b, buf in zip(params, before, buffers, strict=True):
+        torch.testing.assert_close(p.detach(), b - lr * 0.9 * buf)  # buf <- 0.9 buf + 0
+    assert adapted.loss.stats()["n_zero_gradient_steps"] == 1
+    assert adapted.counters.n_steps == 2 and adapted.counters.n_skipped == 0
     assert adapted.counters.n_filtered_samples == len(images)
-    assert state_equal(source, adapted.model.state_dict())
+    assert adapted.counters.n_backward == 2  # the zero-gradient step costs no backward
 
 
 def test_loss_moving_average_is_the_official_one(images):
@@ -96,18 +106,22 @@ def test_loss_moving_average_is_the_official_one(images):
     assert adapted.loss.n_recoveries == 0
 
 
-def test_recovery_triggers_when_forced_and_is_counted(images):
-    adapted = tta.adapt(make_tiny_net(), loss="sar", margin=10.0, reset_constant=1e9, lr=1e-1)
+def test_recovery_restores_the_weights_keeps_the_momentum_and_is_counted(images):
+    adapted = tta.adapt(
+        make_tiny_net(), loss="sar", margin=10.0, reset_constant=1e9, optimizer="sgd", lr=1e-1
+    )
     source = copy.deepcopy(adapted.model.state_dict())
     adapted(images)
-    assert adapted.loss.n_recoveries == 1
+    assert adapted.loss.stats()["n_recoveries"] == 1
     assert state_equal(source, adapted.model.state_dict()), "recovered to the source weights"
-    assert adapted.optimizer.state_dict()["state"] == {}
+    buffers = [s["momentum_buffer"] for s in adapted.optimizer.state.values()]
+    assert buffers and all(bool(b.abs().sum() > 0) for b in buffers), "momentum is kept"
     assert adapted.loss.ema is None
     adapted(images)
-    adapted.reset()  # a user reset clears the average, not the count
-    assert adapted.loss.n_recoveries == 2
-    assert adapted.counters.as_dict()["n_recoveries"] == 2
+    adapted.reset()  # a user reset clears the average and the optimizer, not the count
+    assert adapted.optimizer.state_dict()["state"] == {}
+    assert adapted.loss.stats()["n_recoveries"] == 2
+    assert "n_recoveries" not in adapted.counters.as_dict()  # the engine knows no SAR field
 
 
 def test_no_recovery_with_the_default_bound_on_a_fresh_model(images):
@@ -131,40 +145,37 @@ def test_composes_with_layer_selectors(images, selector):
     assert not state_equal(source, adapted.model.state_dict())
 
 
-def test_default_params_drop_the_last_stage():
+def test_default_params_follow_the_official_name_rule():
+    """Official collect_params: skip modules named like layer4 / blocks.9-11 / norm."""
+    model = ResNetCifar(depth=8, width=4)  # layer1..3: nothing is skipped
+    norm = {name for name, _ in tta.params.select_parameters(model, "norm")}
+    for loss in ("sar", "deyo"):
+        adapted = tta.adapt(copy.deepcopy(model), loss=loss)
+        assert {n for layer in adapted.layers for n in layer.param_names} == norm
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+            self.layer3 = torch.nn.BatchNorm2d(4)
+            self.layer4 = torch.nn.BatchNorm2d(4)
+            self.blocks = torch.nn.ModuleList(torch.nn.LayerNorm(4) for _ in range(12))
+            self.norm = torch.nn.LayerNorm(4)
+            self.fc = torch.nn.Linear(4, 3)
+
+    names = official_norm_params(Named())
+    kept_blocks = {f"blocks.{i}.weight" for i in range(9)} | {f"blocks.{i}.bias" for i in range(9)}
+    assert set(names) == {"layer3.weight", "layer3.bias"} | kept_blocks
+
+
+def test_last_stage_exclusion_is_a_named_option():
     model = ResNetCifar(depth=8, width=4)
     names = norm_params_without_last_stage(model)
     assert "bn1.weight" in names and "layer2.0.bn2.bias" in names
     assert not any(name.startswith("layer3") for name in names)
-    adapted = tta.adapt(model, loss="sar")
-    trainable = {name for layer in adapted.layers for name in layer.param_names}
-    assert trainable == set(names)
-    deyo = tta.adapt(ResNetCifar(depth=8, width=4), loss="deyo")
+    adapted = tta.adapt(model, loss="sar", exclude="last-stage")
+    assert {name for layer in adapted.layers for name in layer.param_names} == set(names)
+    deyo = tta.adapt(ResNetCifar(depth=8, width=4), loss="deyo", exclude="last-stage")
     assert {n for layer in deyo.layers for n in layer.param_names} == set(names)
-
-
-class TinyViT(nn.Module):
-    """timm-like names: patch_embed, blocks.0..11 (each with norm1), norm, head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.patch_embed = nn.Linear(3, 4)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4)) for _ in range(12)
-        )
-        self.norm = nn.LayerNorm(4)
-        self.head = nn.Linear(4, 5)
-
-
-def test_default_params_of_a_vit_drop_blocks_9_to_11_and_the_final_norm():
-    names = norm_params_without_last_stage(TinyViT())
-    assert names == [f"blocks.{i}.0.{p}" for i in range(9) for p in ("weight", "bias")]
-
-
-def test_default_params_without_stages_are_every_norm_layer(tiny_net):
-    assert norm_params_without_last_stage(tiny_net) == [
-        "bn1.weight",
-        "bn1.bias",
-        "bn2.weight",
-        "bn2.bias",
-    ]
+    with pytest.raises(ValueError, match="exclude must be one of"):
+        tta.adapt(ResNetCifar(depth=8, width=4), loss="sar", exclude="layer4")

@@ -13,12 +13,12 @@ from conftest import make_tiny_net
 from torch import nn
 
 import tta
-from tta.benchmarks import Benchmark
+from tta.data.base import Benchmark
 from tta.data.corruptions import HELDOUT_CORRUPTIONS, STANDARD_CORRUPTIONS
-from tta.seeds import run_seeds
-from tta.stream import GRADUAL_SEVERITIES, StreamSpec, run_stream
-from tta.stream_order import dirichlet_order, same_label_run_length
-from tta.window_norm import WindowBatchNorm
+from tta.harness.order import dirichlet_order, same_label_run_length
+from tta.harness.seeds import run_seeds
+from tta.harness.stream import GRADUAL_SEVERITIES, StreamSpec, run_stream
+from tta.norm.window import WindowBatchNorm
 
 N, CLASSES = 60, 5
 
@@ -155,7 +155,7 @@ def test_heldout_is_a_named_domain_set_for_every_corruption_benchmark():
     assert StreamSpec(corruptions="heldout").corruptions == HELDOUT_CORRUPTIONS
     assert StreamSpec(corruptions="fog,heldout").corruptions == ("fog", *HELDOUT_CORRUPTIONS)
     assert len(StreamSpec(corruptions="all").corruptions) == 19
-    from tta.benchmarks import BENCHMARKS
+    from tta.data.benchmarks import BENCHMARKS
 
     for name in ("fmnist-c", "cifar10-c", "cifar100-c", "imagenet-c"):
         options = {"wnids": ["n00000001"]} if name == "imagenet-c" else {}

@@ -8,8 +8,8 @@ import torch
 from conftest import make_tiny_net
 
 import tta
-from tta.benchmarks import Benchmark
-from tta.stream import StreamSpec, run_stream
+from tta.data.base import Benchmark
+from tta.harness.stream import StreamSpec, run_stream
 
 
 class ArrayBenchmark(Benchmark):

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+import tta.filters  # noqa: F401  (registers the sample filters)
 import tta.losses  # noqa: F401  (registers the losses)
-import tta.selectors  # noqa: F401  (registers the selectors)
+import tta.selectors  # noqa: F401  (registers the layer selectors)
 from tta.engine import AdaptedModel
 from tta.layers import partition
 from tta.params import ParamSpec, freeze_all_but, select_parameters
@@ -69,7 +70,11 @@ def adapt(
         if sample_filter
         else None
     )
-    if getattr(filter_fn, "needs_logit_objective", False) and not loss_fn.scores_logits_alone:
+    if (
+        filter_fn is not None
+        and filter_fn.needs_logit_objective
+        and not loss_fn.scores_logits_alone
+    ):
         raise ValueError(
             f"sample filter {sample_filter!r} differentiates the loss of each sample's logits, "
             f"but loss {loss!r} needs more than the logits (its objective uses the images or a "

@@ -13,13 +13,20 @@ from pathlib import Path
 import torch
 
 import tta
-from tta.benchmarks import BENCHMARKS, Benchmark
+from tta.data.benchmarks import BENCHMARKS, Benchmark
+from tta.harness.results import format_card, format_table, versions, write_results
+from tta.harness.stream import (
+    SETTINGS,
+    StreamResult,
+    StreamSpec,
+    peak_memory_mb,
+    run_stream,
+    to_batch,
+)
+from tta.harness.trace import write_trace
 from tta.paths import cache_dir
 from tta.presets import FAMILIES, family_of, methods, preset
 from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
-from tta.results import format_card, format_table, versions, write_results
-from tta.stream import SETTINGS, StreamResult, StreamSpec, peak_memory_mb, run_stream, to_batch
-from tta.trace import write_trace
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
 
@@ -235,11 +242,11 @@ def build_spec(args: argparse.Namespace, benchmark: Benchmark) -> StreamSpec:
 
 
 def build_model(args: argparse.Namespace, benchmark: Benchmark) -> tuple[torch.nn.Module, dict]:
-    if args.model is None:
-        model, info = benchmark.source_model()
-    else:
-        from tta.models.zoo import model_for_benchmark
+    from tta.models.zoo import default_model_for, model_for_benchmark
 
+    if args.model is None:
+        model, info = default_model_for(benchmark)
+    else:
         model, info = model_for_benchmark(args.model, benchmark, args.model_dir)
     benchmark.check_model(model)
     return model, info
@@ -355,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         **result.counters,
         "selector": selector_summary,
         "loss_stats": adapted.loss.stats(),
-        "sample_filter_stats": getattr(adapted.sample_filter, "stats", dict)(),
+        "sample_filter_stats": adapted.sample_filter.stats() if adapted.sample_filter else {},
         "interrupted": result.interrupted or bool(source and source.interrupted),
         "versions": versions(),
         "seed": args.seed,

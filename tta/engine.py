@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tta.checks import check_images, expected_channels
+from tta.context import Counters, FilterContext, LossContext
+from tta.filters.base import SampleFilter
 from tta.layers import Layer
 from tta.losses.base import Loss
 from tta.selectors.base import LayerSelector, Proposal
-
-
-@dataclass
-class Counters:
-    """How much work the engine did; reported in every result."""
-
-    n_forward: int = 0
-    n_backward: int = 0
-    n_steps: int = 0
-    n_skipped: int = 0
-    n_nonfinite: int = 0
-    n_filtered_samples: int = 0
-    n_recoveries: int = 0  # returns to the source weights (SAR)
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
 
 
 class AdaptedModel(nn.Module):
@@ -56,7 +41,7 @@ class AdaptedModel(nn.Module):
         layers: list[Layer],
         selector: LayerSelector,
         optimizer: torch.optim.Optimizer | None,
-        sample_filter: object | None = None,
+        sample_filter: SampleFilter | None = None,
         steps: int = 1,
         episodic: bool = False,
         input_range: tuple[float, float] | None = (0.0, 1.0),
@@ -79,6 +64,11 @@ class AdaptedModel(nn.Module):
         self._source_model = copy.deepcopy(model.state_dict())
         self._source_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer else None
         self._warned_nonfinite = False
+        named = tuple(
+            (name, p) for layer in layers for name, p in zip(layer.param_names, layer.params)
+        )
+        self.loss_context = LossContext(model, named, self.counters, self._recover)
+        self.filter_context = FilterContext(model, layers, loss, optimizer)
 
     @property
     def adapts(self) -> bool:
@@ -86,9 +76,14 @@ class AdaptedModel(nn.Module):
 
     def reset(self) -> None:
         """Back to the source weights, buffers and optimizer state, exactly."""
-        self.model.load_state_dict(self._source_model, strict=True)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(copy.deepcopy(self._source_optimizer))
+        self._recover()
+
+    def _recover(self) -> None:
+        """Source weights and buffers, fresh loss/selector/filter state; the optimizer's state
+        stays (what a loss's `request_reset` does, e.g. SAR's model recovery)."""
+        self.model.load_state_dict(self._source_model, strict=True)
         self.loss.reset()
         self.selector.reset()
         if self.sample_filter is not None:
@@ -107,7 +102,7 @@ class AdaptedModel(nn.Module):
         if not self.adapts:
             with torch.no_grad():
                 self.counters.n_forward += 1
-                return self.loss.output(self, x, self.model(x))
+                return self.loss.output(self.loss_context, x, self.model(x))
         with torch.enable_grad():
             for _ in range(self.steps):
                 logits = self._step(x)
@@ -115,16 +110,19 @@ class AdaptedModel(nn.Module):
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         counters = self.counters
+        step = counters.step_index  # one per batch and step, whatever the loss's passes
         logits = self.model(x)
         counters.n_forward += 1
-        keep = self.sample_filter.keep(x, logits, self) if self.sample_filter else None
+        keep = (
+            self.sample_filter.keep(x, logits, self.filter_context) if self.sample_filter else None
+        )
         if keep is not None:
             counters.n_filtered_samples += int((~keep).sum())
         if keep is not None and not bool(keep.any()):
             counters.n_skipped += 1
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss.backward(self, x, logits, keep)
+            loss = self.loss.backward(self.loss_context, x, logits, keep)
             if loss is None:  # the method found nothing to learn from (e.g. EATA's filters)
                 counters.n_skipped += 1
             elif not self._finite(loss):
@@ -132,13 +130,13 @@ class AdaptedModel(nn.Module):
                 counters.n_skipped += 1
                 counters.n_nonfinite += 1
             else:
-                self._update()
-                self.loss.after_update(self)
-        return self.loss.output(self, x, logits.detach())
+                self._update(step)
+                self.loss.after_update(self.loss_context)
+        return self.loss.output(self.loss_context, x, logits.detach())
 
-    def _update(self) -> None:
+    def _update(self, step: int) -> None:
         if self.selector.needs_proposal:
-            self._propose_and_commit()
+            self._propose_and_commit(step)
         else:
             self.optimizer.step()
             self.counters.n_steps += 1
@@ -159,7 +157,7 @@ class AdaptedModel(nn.Module):
         return finite
 
     @torch.no_grad()
-    def _propose_and_commit(self) -> None:
+    def _propose_and_commit(self, step: int) -> None:
         before = [[p.detach().clone() for p in layer.params] for layer in self.layers]
         grads = [[p.grad for p in layer.params] for layer in self.layers]
         self.optimizer.step()
@@ -167,7 +165,6 @@ class AdaptedModel(nn.Module):
             [p.detach() - b for p, b in zip(layer.params, layer_before, strict=True)]
             for layer, layer_before in zip(self.layers, before, strict=True)
         ]
-        step = self.counters.n_forward - 1  # index of this forward pass in the stream
         proposal = Proposal(step, self.layers, before, updates, grads)
         scales = self.selector.select(proposal)
         for layer, scale, layer_before, layer_updates in zip(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tta.benchmarks import Benchmark, Domain
+from tta.data.base import Benchmark, Domain
 from tta.data.cifar_c_layout import N_SEVERITIES
 from tta.data.robustbench_files import zenodo_module
 from tta.paths import data_roots

@@ -8,7 +8,7 @@ sub-folders (sorted) and the classes the sorted class folders, which must be the
 every domain (an error otherwise: labels would silently mean different classes).
 
 The stream runs over the target domain (`target=`), whole; the other domains are the source
-domains a model is trained on (`tta.data.domainbed_train.train_source`). Images are resized
+domains a model is trained on (`tta.models.domainbed_train.train_source`). Images are resized
 to 224x224 with bilinear interpolation, DomainBed's test transform (`Resize((224, 224))`,
 which does not keep the aspect ratio) -- unlike ImageNet-C, these datasets come in many sizes.
 A domain of n < its size images is a seed-0 random draw (files are sorted by class).
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tta.benchmarks import Benchmark, Domain
+from tta.data.base import Benchmark, Domain
 from tta.data.image_files import IMAGE_EXTENSIONS, ImageFiles
 from tta.paths import data_roots
 
@@ -216,9 +216,3 @@ class DomainBed(Benchmark):
             if self.target is not None:
                 info["source_domains"] = list(self.source_domains())
         return info
-
-    def source_model(self) -> tuple[Any, dict]:
-        raise NotImplementedError(
-            "domainbed has no built-in source model: fine-tune one on the source domains with "
-            "tta.data.domainbed_train.train_source and pass it as the model"
-        )

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tta.data.base import Benchmark, Domain
 from tta.data.cifar_c_layout import create_files, read_domain
 from tta.data.corruptions import ALL_CORRUPTIONS, corrupt
-from tta.data.fmnist import HOW_TO_GET, load_fmnist
+from tta.data.fmnist import HOW_TO_GET, find_dir, load_fmnist
 from tta.paths import data_roots
 from tta.progress import progress
 
@@ -119,3 +120,28 @@ def load_domain(
 ) -> tuple[np.ndarray, np.ndarray]:
     root = ensure_generated([(corruption, severity)], n, seed, data_root)
     return read_domain(root, corruption, severity, n, how_to_get=HOW_TO_GET)
+
+
+FMNIST_TEST_SIZE = 10000  # n_per_domain=None: every test image
+
+
+class FashionMnistC(Benchmark):
+    """Fashion-MNIST-C, generated offline with CIFAR-10-C strengths; ResNet-20 source model."""
+
+    def __init__(self, data_root: str | None = None, download: bool = False) -> None:
+        super().__init__("fmnist-c", 10, data_root=data_root)
+        if download:  # fetch Fashion-MNIST now if it is nowhere on disk
+            find_dir(data_root, download=True)
+
+    def prepare(self, domains: list[Domain], n: int | None, seed: int) -> None:
+        ensure_generated(domains, n or FMNIST_TEST_SIZE, seed, self.data_root)
+
+    def load(
+        self, corruption: str, severity: int, n: int | None, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return load_domain(corruption, severity, n or FMNIST_TEST_SIZE, seed, self.data_root)
+
+    def source_samples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = load_fmnist("train", self.data_root)
+        index = np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False)
+        return images[index], labels[index]

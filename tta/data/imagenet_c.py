@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tta.benchmarks import Benchmark, Domain
+from tta.data.base import Benchmark, Domain
 from tta.data.image_files import ImageFiles
 from tta.data.robustbench_files import helper_file, package_dir
 from tta.paths import data_roots

@@ -3,18 +3,17 @@
 A plain loss only implements `__call__(logits) -> scalar`. Methods that need more hook into
 the engine's step (see tta/engine.py): `backward` (e.g. SAR's two-pass sharpness-aware
 gradient, EATA's weighting), `output` (what the user gets back, e.g. CoTTA's teacher) and
-`after_update` (e.g. an EMA teacher, stochastic restore, SAR's recovery).
+`after_update` (e.g. an EMA teacher, stochastic restore, SAR's recovery). The hooks see a
+`LossContext` (the model, the trainable parameters, work counters, a reset request), never
+the engine; per-loss numbers are reported through `stats()`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
+from tta.context import LossContext
 
 
 class Loss:
@@ -47,7 +46,7 @@ class Loss:
 
     def backward(
         self,
-        adapted: AdaptedModel,
+        context: LossContext,
         x: torch.Tensor,
         logits: torch.Tensor,
         keep: torch.Tensor | None,
@@ -55,21 +54,16 @@ class Loss:
         """Fill the trainable parameters' .grad; return the detached loss, or None to skip."""
         loss = self(logits if keep is None else logits[keep])
         loss.backward()
-        adapted.counters.n_backward += 1
+        context.count_backward()
         return loss.detach()
 
-    def output(self, adapted: AdaptedModel, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The predictions returned for this batch (default: the logits before the update)."""
         return logits
 
-    def after_update(self, adapted: AdaptedModel) -> None:
+    def after_update(self, context: LossContext) -> None:
         """Runs after every committed update."""
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         """Counts worth reporting (e.g. samples each filter removed); shown in results.json."""
         return {}
-
-
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-sample Shannon entropy H(p) = -sum_c p_c log p_c of p = softmax(logits)."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)

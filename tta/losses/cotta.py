@@ -34,7 +34,7 @@ U(0.9, 1.1) and translation up to 1/8 of the image size, edge pixels extending t
 0.005; clipping to [0, 1]. Left out: the hue jitter (U(-0.06, 0.06)), which needs an RGB-HSV
 round trip; the official translation is rounded to whole pixels, ours is not.
 
-Forwards of the teacher and anchor are counted in `counters.n_forward`. Teacher and anchor
+Forwards of the teacher and anchor are counted as forward passes (`n_forward`). Teacher and anchor
 live on the model's device at `tta.adapt` time.
 """
 
@@ -42,18 +42,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.context import LossContext
 from tta.losses.base import Loss
-from tta.params import use_batch_statistics
+from tta.norm.batch import use_batch_statistics
 from tta.registry import LOSSES
-
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
 
 
 def _uniform(low: float, high: float) -> float:
@@ -182,15 +179,15 @@ class CoTTALoss(Loss):
         self._prediction = None
 
     @torch.no_grad()
-    def pseudo_label(self, adapted: AdaptedModel, x: torch.Tensor) -> torch.Tensor:
+    def pseudo_label(self, context: LossContext, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits: augmentation-averaged when the anchor is not confident enough."""
         confidence = self.anchor(x).softmax(1).max(1).values.mean()
-        adapted.counters.n_forward += 1
+        context.count_forward()
         if float(confidence) >= self.ap:
-            adapted.counters.n_forward += 1
+            context.count_forward()
             return self.teacher(x)
         total = sum(self.teacher(cotta_augment(x)) for _ in range(self.n_augmentations))
-        adapted.counters.n_forward += self.n_augmentations
+        context.count_forward(self.n_augmentations)
         return total / self.n_augmentations
 
     def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -204,30 +201,26 @@ class CoTTALoss(Loss):
 
     def backward(
         self,
-        adapted: AdaptedModel,
+        context: LossContext,
         x: torch.Tensor,
         logits: torch.Tensor,
         keep: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        target = self.pseudo_label(adapted, x)
+        target = self.pseudo_label(context, x)
         self._prediction = target
         loss = self.loss(logits, target) if keep is None else self.loss(logits[keep], target[keep])
         loss.backward()
-        adapted.counters.n_backward += 1
+        context.count_backward()
         return loss.detach()
 
-    def after_update(self, adapted: AdaptedModel) -> None:
+    def after_update(self, context: LossContext) -> None:
         """Teacher EMA update, then stochastic restore of the trainable parameters."""
-        ema_update(self.teacher, adapted.model, self.alpha)
+        ema_update(self.teacher, context.model, self.alpha)
         source = dict(self.anchor.named_parameters())
-        trainable = [
-            (param, source[name])
-            for layer in adapted.layers
-            for name, param in zip(layer.param_names, layer.params, strict=True)
-        ]
+        trainable = [(param, source[name]) for name, param in context.named_params]
         stochastic_restore(trainable, self.rst)
 
-    def output(self, adapted: AdaptedModel, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The pseudo-label logits of this batch (the teacher's, before the update)."""
         prediction, self._prediction = self._prediction, None
-        return prediction if prediction is not None else self.pseudo_label(adapted, x)
+        return prediction if prediction is not None else self.pseudo_label(context, x)

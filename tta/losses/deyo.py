@@ -20,8 +20,9 @@ Destroy Your Object, as the official code (Jhyun17/DeYO, `methods/deyo.py`, `con
   (`deyo_margin_e0=0.4`); the loss is mean(w * E) over the samples left. With both
   reweight factors zero the samples are not reweighted (official).
 - Parameters and normalization as the official `collect_params`/`configure_model`: the
-  norm-affine parameters outside the last stage (same rule as SAR,
-  `tta.losses.sar.norm_params_without_last_stage`), BatchNorm on batch statistics.
+  norm-affine parameters of modules not named like top layers (`layer4`, `blocks.9-11`,
+  `norm`; the same rule as SAR's code, `tta.losses.sar.official_norm_params`), BatchNorm on
+  batch statistics; `exclude="last-stage"` is our structural variant, off by default.
 - Optimizer of the paper: SGD momentum 0.9, lr 0.00025 for ResNet-50 at batch 64 (x2 x bs /
   64 below batch 32), 0.001 x bs / 64 for ViT-B/16. No CIFAR setting in the official code.
 
@@ -32,18 +33,14 @@ BatchNorm layers in train mode, as our TENT.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from tta.losses.base import softmax_entropy
-from tta.losses.sar import LastStageFrozenLoss
+from tta.filters.entropy import check_margin, reliable
+from tta.functional import softmax_entropy
+from tta.losses.sar import TopLayersFrozenLoss
 from tta.registry import LOSSES
-from tta.selectors.entropy_filter import check_margin, reliable
-
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
 
 
 def patch_shuffle(x: torch.Tensor, patch_len: int = 4) -> torch.Tensor:
@@ -90,10 +87,10 @@ def deyo_weights(
 
 
 @LOSSES.register("deyo")
-class DeYOLoss(LastStageFrozenLoss):
-    scores_logits_alone = False  # the objective needs the images (patch shuffling)
+class DeYOLoss(TopLayersFrozenLoss):
     """Entropy weighted by confidence and shape sensitivity (PLPD), on filtered samples."""
 
+    scores_logits_alone = False  # the objective needs the images (patch shuffling)
     name = "deyo"
 
     def __init__(
@@ -104,7 +101,9 @@ class DeYOLoss(LastStageFrozenLoss):
         patch_len: int = 4,
         reweight_ent: float = 1.0,
         reweight_plpd: float = 1.0,
+        exclude: str = "official",
     ) -> None:
+        super().__init__(exclude)
         if patch_len < 1:
             raise ValueError(f"patch_len must be >= 1, got {patch_len}")
         self.margin = check_margin(margin, "loss 'deyo'")
@@ -119,27 +118,26 @@ class DeYOLoss(LastStageFrozenLoss):
 
     def backward(
         self,
-        adapted: AdaptedModel,
+        context: LossContext,
         x: torch.Tensor,
         logits: torch.Tensor,
         keep: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        counters = adapted.counters
         n_classes = logits.shape[1]
         entropy = softmax_entropy(logits)
         first = reliable(entropy, n_classes, self.margin)
         first = first if keep is None else first & keep
-        counters.n_filtered_samples += int((~first).sum()) - (
-            int((~keep).sum()) if keep is not None else 0
+        context.count_filtered(
+            int((~first).sum()) - (int((~keep).sum()) if keep is not None else 0)
         )
         if not bool(first.any()):
             return None
         with torch.no_grad():
-            logits_shuffled = adapted.model(patch_shuffle(x[first].detach(), self.patch_len))
-        counters.n_forward += 1
+            logits_shuffled = context.model(patch_shuffle(x[first].detach(), self.patch_len))
+        context.count_forward()
         values = plpd(logits[first].detach(), logits_shuffled)
         second = values > self.plpd_threshold
-        counters.n_filtered_samples += int((~second).sum())
+        context.count_filtered(int((~second).sum()))
         if not bool(second.any()):
             return None
         kept_entropy = entropy[first][second]
@@ -152,5 +150,5 @@ class DeYOLoss(LastStageFrozenLoss):
         )
         loss = (kept_entropy * weights).mean(0)
         loss.backward()
-        counters.n_backward += 1
+        context.count_backward()
         return loss.detach()

@@ -11,7 +11,7 @@ As the official code (mr-eggplant/EATA, `eata.py` and `main.py`):
   of previously kept samples below `d_margin` (0.05, the ImageNet default; 0.4 for CIFAR-10
   in the paper). The average starts as the mean prediction of the first batch's reliable
   samples and then moves as m <- 0.9 m + 0.1 mean(p of this batch's kept samples). The
-  filters are tta/selectors/entropy_filter.py and redundancy_filter.py, shared with the
+  filters are tta/filters/entropy.py and redundancy_filter.py, shared with the
   stand-alone sample filters.
 - Loss: mean over the kept samples of coeff * E with coeff = 1 / exp(E - E0), the
   coefficient detached (the code's `coeff = 1 / (torch.exp(entropys.clone().detach() -
@@ -42,21 +42,19 @@ before EATA's own filters.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tta.checks import check_images, expected_channels
-from tta.losses.base import Loss, softmax_entropy
-from tta.params import use_batch_statistics
+from tta.context import LossContext
+from tta.filters.entropy import check_margin, entropy_margin, reliable
+from tta.filters.redundancy import check_d_margin, non_redundant, update_average
+from tta.functional import softmax_entropy
+from tta.losses.base import Loss
+from tta.norm.batch import use_batch_statistics
 from tta.registry import LOSSES
-from tta.selectors.entropy_filter import check_margin, entropy_margin, reliable
-from tta.selectors.redundancy_filter import check_d_margin, non_redundant, update_average
-
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
 
 FisherData = torch.Tensor | Iterable[torch.Tensor] | Iterable[tuple[torch.Tensor, object]]
 
@@ -115,7 +113,7 @@ class EtaLoss(Loss):
 
     def backward(
         self,
-        adapted: AdaptedModel,
+        context: LossContext,
         x: torch.Tensor,
         logits: torch.Tensor,
         keep: torch.Tensor | None,
@@ -129,13 +127,13 @@ class EtaLoss(Loss):
         self.n_unreliable += n_in - n_reliable
         self.n_redundant += n_reliable - n_kept
         self.n_kept += n_kept
-        adapted.counters.n_filtered_samples += n_in - n_kept
+        context.count_filtered(n_in - n_kept)
         if n_kept == 0:
             return None
         loss = self._weighted_entropy(entropy[kept], logits.shape[1])
-        loss = loss + self.penalty(adapted.model)
+        loss = loss + self.penalty(context.model)
         loss.backward()
-        adapted.counters.n_backward += 1
+        context.count_backward()
         return loss.detach()
 
     def stats(self) -> dict[str, int]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tta.losses.base import Loss, softmax_entropy
+from tta.functional import softmax_entropy
+from tta.losses.base import Loss
 from tta.registry import LOSSES
 
 

@@ -23,17 +23,13 @@ BatchNorm statistics); only its output is adjusted, batch by batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.context import LossContext
 from tta.losses.base import Loss
 from tta.registry import LOSSES
-
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
 
 AFFINITIES = ("knn", "rbf", "linear")
 EXACT = "donot_use_mm_for_euclid_dist"  # d(i, i) = 0 exactly, as the official norm
@@ -161,7 +157,7 @@ class LAMELoss(Loss):
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         raise TypeError("loss 'lame' adjusts outputs only and has no objective to minimize")
 
-    def output(self, adapted: AdaptedModel, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """log Y: the log of LAME's adjusted probabilities for this batch."""
         features, self._features = self._features, None
         if features is None or features.shape[0] != logits.shape[0]:

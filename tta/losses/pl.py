@@ -15,17 +15,13 @@ the run: `n_confident`, `n_unconfident` (the latter also adds to `n_filtered_sam
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.context import LossContext
 from tta.losses.base import Loss
 from tta.registry import LOSSES
-
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
 
 
 def check_threshold(threshold: float, who: str) -> float:
@@ -72,7 +68,7 @@ class PseudoLabelLoss(Loss):
 
     def backward(
         self,
-        adapted: AdaptedModel,
+        context: LossContext,
         x: torch.Tensor,
         logits: torch.Tensor,
         keep: torch.Tensor | None,
@@ -82,12 +78,12 @@ class PseudoLabelLoss(Loss):
         n_confident = int(confident.sum())
         self.n_confident += n_confident
         self.n_unconfident += logits.shape[0] - n_confident
-        adapted.counters.n_filtered_samples += logits.shape[0] - n_confident
+        context.count_filtered(logits.shape[0] - n_confident)
         if n_confident == 0:
             return None
         loss = F.cross_entropy(logits[confident], labels[confident])
         loss.backward()
-        adapted.counters.n_backward += 1
+        context.count_backward()
         return loss.detach()
 
     def stats(self) -> dict[str, int]:

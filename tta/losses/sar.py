@@ -5,7 +5,7 @@ Sharpness-Aware and Reliable entropy minimization, as the official code (mr-eggp
 
 - Reliable entropy: only samples with entropy E < `margin` x ln C (`margin=0.4`; official
   `sar_margin_e0` = 0.4 x ln 1000 for ImageNet) contribute, tested by the shared
-  `tta.selectors.entropy_filter.reliable`; no sample left -> no update (counted as skipped).
+  `tta.filters.entropy.reliable`; no sample left -> no update (counted as skipped).
 - Sharpness-aware step (SAM, `rho=0.05`, not adaptive): the gradient g at the weights w on
   the reliable samples gives the perturbation e(w) = rho * g / (||g|| + 1e-12), ||.|| over
   all trainable tensors together; a second forward at w + e(w) re-applies the filter to the
@@ -13,44 +13,54 @@ Sharpness-Aware and Reliable entropy minimization, as the official code (mr-eggp
   one the optimizer steps with, from w restored exactly. Here the two passes run in
   `backward`, which leaves the second gradient in `.grad`: the engine's optimizer step and
   its layer selector (GALA included) act on it as on any other gradient.
+- No reliable sample: the official code still steps. Its loss is the mean of an empty set
+  (NaN) whose gradient is zero for every parameter, SAM's perturbation is then zero, and
+  `optimizer.second_step` runs the base SGD with a zero gradient, so momentum (and weight
+  decay) still move the weights. Here the same happens: every trainable gradient is set to
+  zero and the engine steps (counted in `stats()["n_zero_gradient_steps"]`). Likewise when
+  the second filter leaves no sample; the ema is then not updated (as theirs: NaN is
+  skipped).
 - Model recovery: `ema` of the second-pass loss (ema <- 0.9 ema + 0.1 loss, initialised to
   the first loss, updated only when that loss is a number); when ema < `reset_constant`
-  (`reset_constant_em=0.2`) after an update, the weights, buffers and optimizer state go
-  back to the source (`adapted.reset()`, which also clears ema as the official reset does).
-  `n_recoveries` counts them (also reported as `counters.n_recoveries`); resets do not
-  clear it.
-- Parameters (`default_params`, see `norm_params_without_last_stage`): the affine weight
-  and bias of the norm layers, excluding the network's last stage and what follows it (the
-  official `collect_params` skips `layer4` of ResNet-50, `blocks.9-11` and the final `norm`
-  of ViT-B/16).
+  (`reset_constant_em=0.2`) after an update, the weights and buffers go back to the source
+  and ema is cleared. The optimizer's state is kept, as in the official code: its
+  `load_model_and_optimizer` reloads the SAM wrapper's state, but SGD's momentum buffers live
+  in the base optimizer's state, which that does not touch. `stats()["n_recoveries"]`
+  counts the recoveries; resets do not clear it.
+- Parameters (`default_params`, `exclude="official"`): the official `collect_params` rule,
+  by module name: the affine weight and bias of BatchNorm2d, LayerNorm and GroupNorm
+  modules, skipping every module whose name contains `layer4`, `blocks.9`, `blocks.10`,
+  `blocks.11` or `norm.`, or is `norm` (ResNet-50's last stage, ViT-B/16's last three
+  blocks and final norm). On a CIFAR WideResNet or ResNet-20 nothing is skipped.
+  `exclude="last-stage"` is our structural variant (a named deviation, off by default):
+  drop the network's last stage and what follows it, whatever its name (see
+  `norm_params_without_last_stage`).
 - BatchNorm normalizes with the current batch's statistics (running statistics dropped, as
   TENT); GroupNorm and LayerNorm are used as they are.
 - Optimizer of the paper: SGD, momentum 0.9, lr 0.00025 for ResNet-50 (BN or GN) at batch
   64 (2 x 0.00025 x bs / 64 below batch 32), lr 0.001 x bs / 64 for ViT-B/16. The paper has
   no CIFAR setting; the engine's optimizer is whatever `tta.adapt` was given.
 
-Deviations: the official code calls `model.train()` on the whole model (we put only the
-BatchNorm layers in train mode, as our TENT); when the second filter leaves no sample the
-official code still takes an SGD step (momentum only, zero gradient) while we skip the step.
+Deviation: the official code calls `model.train()` on the whole model (we put only the
+BatchNorm layers in train mode, as our TENT: dropout stays off).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from tta.context import LossContext
+from tta.filters.entropy import check_margin, reliable
+from tta.functional import softmax_entropy
 from tta.layers import block_keys
-from tta.losses.base import Loss, softmax_entropy
-from tta.params import select_parameters, use_batch_statistics
+from tta.losses.base import Loss
+from tta.norm.batch import use_batch_statistics
+from tta.params import select_parameters
 from tta.registry import LOSSES
-from tta.selectors.entropy_filter import check_margin, reliable
-
-if TYPE_CHECKING:
-    from tta.engine import AdaptedModel
 
 VIT_BLOCK_PATTERN = r"(?:.*?\.)?blocks\.\d+"
 
@@ -114,13 +124,44 @@ def restore(params: list[nn.Parameter], saved: list[torch.Tensor]) -> None:
             p.copy_(value)
 
 
-class LastStageFrozenLoss(Loss):
-    """SAR's and DeYO's setting: BatchNorm on batch statistics, norm-affine parameters
-    outside the network's last stage (see `norm_params_without_last_stage`)."""
+OFFICIAL_SKIPPED = ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")
+EXCLUSIONS = ("official", "last-stage")
 
-    default_params = "norm-without-last-stage"  # resolved per model by params_for
+
+def official_norm_params(model: nn.Module) -> list[str]:
+    """SAR's and DeYO's official `collect_params`: norm-affine names, top layers skipped by name.
+
+    BatchNorm2d, LayerNorm and GroupNorm weight and bias, except in modules whose name
+    contains `layer4`, `blocks.9`, `blocks.10`, `blocks.11` or `norm.`, or is `norm`.
+    """
+    names = []
+    for module_name, module in model.named_modules():
+        if any(part in module_name for part in OFFICIAL_SKIPPED) or module_name == "norm":
+            continue
+        if isinstance(module, nn.BatchNorm2d | nn.LayerNorm | nn.GroupNorm):
+            for pname, _ in module.named_parameters(recurse=False):
+                if pname in ("weight", "bias"):
+                    names.append(f"{module_name}.{pname}" if module_name else pname)
+    return names
+
+
+class TopLayersFrozenLoss(Loss):
+    """SAR's and DeYO's setting: BatchNorm on batch statistics, and the norm-affine parameters
+    outside the network's top layers: `exclude="official"` (the official name rule, see
+    `official_norm_params`) or `"last-stage"` (see `norm_params_without_last_stage`)."""
+
+    default_params = "norm-without-top-layers"  # resolved per model by params_for
+
+    def __init__(self, exclude: str = "official") -> None:
+        if exclude not in EXCLUSIONS:
+            raise ValueError(
+                f"loss {self.name!r}: exclude must be one of {', '.join(EXCLUSIONS)}; got {exclude!r}"
+            )
+        self.exclude = exclude
 
     def params_for(self, model: nn.Module) -> str | list[str]:
+        if self.exclude == "official":
+            return official_norm_params(model) or "norm"  # none: "norm" raises the clear error
         try:
             return norm_params_without_last_stage(model)
         except ValueError:  # no norm layer: resolving "norm" raises the clear error
@@ -131,13 +172,26 @@ class LastStageFrozenLoss(Loss):
         use_batch_statistics(model)
 
 
+def zero_gradients(params: list[nn.Parameter]) -> None:
+    """Every trainable gradient set to zero: the step the official code takes on a NaN loss."""
+    for p in params:
+        p.grad = torch.zeros_like(p)
+
+
 @LOSSES.register("sar")
-class SARLoss(LastStageFrozenLoss):
+class SARLoss(TopLayersFrozenLoss):
     """Reliable entropy with a sharpness-aware two-pass step and model recovery."""
 
     name = "sar"
 
-    def __init__(self, margin: float = 0.4, rho: float = 0.05, reset_constant: float = 0.2) -> None:
+    def __init__(
+        self,
+        margin: float = 0.4,
+        rho: float = 0.05,
+        reset_constant: float = 0.2,
+        exclude: str = "official",
+    ) -> None:
+        super().__init__(exclude)
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         self.margin = check_margin(margin, "loss 'sar'")
@@ -145,9 +199,10 @@ class SARLoss(LastStageFrozenLoss):
         self.reset_constant = reset_constant
         self.ema: float | None = None
         self.n_recoveries = 0
+        self.n_zero_gradient_steps = 0
 
     def reset(self) -> None:
-        self.ema = None  # as the official reset; n_recoveries counts the whole run
+        self.ema = None  # as the official reset; the counts span the whole run
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Mean entropy of the reliable samples (the objective of each SAM pass)."""
@@ -156,49 +211,58 @@ class SARLoss(LastStageFrozenLoss):
 
     def backward(
         self,
-        adapted: AdaptedModel,
+        context: LossContext,
         x: torch.Tensor,
         logits: torch.Tensor,
         keep: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        counters = adapted.counters
-        counters.n_recoveries = self.n_recoveries
+        params = context.params
         entropy = softmax_entropy(logits)
         first = reliable(entropy, logits.shape[1], self.margin)
         first = first if keep is None else first & keep
-        counters.n_filtered_samples += int((~first).sum()) - (
-            int((~keep).sum()) if keep is not None else 0
+        context.count_filtered(
+            int((~first).sum()) - (int((~keep).sum()) if keep is not None else 0)
         )
         if not bool(first.any()):
-            return None
+            return self._zero_gradient_step(params, logits)
         entropy[first].mean(0).backward()
-        counters.n_backward += 1
+        context.count_backward()
 
-        params = [p for layer in adapted.layers for p in layer.params]
         saved = sam_perturb(params, self.rho)
         for p in params:
             p.grad = None
         try:
-            entropy2 = softmax_entropy(adapted.model(x))[first]
-            counters.n_forward += 1
+            entropy2 = softmax_entropy(context.model(x))[first]
+            context.count_forward()
             second = reliable(entropy2, logits.shape[1], self.margin)
             if not bool(second.any()):
-                return None
+                return self._zero_gradient_step(params, logits)
             loss = entropy2[second].mean(0)
             loss.backward()
-            counters.n_backward += 1
+            context.count_backward()
         finally:
             restore(params, saved)
         self._update_ema(loss.item())
         return loss.detach()
 
+    def _zero_gradient_step(self, params: list[nn.Parameter], logits: torch.Tensor) -> torch.Tensor:
+        """No reliable sample: step with a zero gradient, as the official code's NaN loss does."""
+        zero_gradients(params)
+        self.n_zero_gradient_steps += 1
+        return logits.new_zeros(())
+
     def _update_ema(self, value: float) -> None:
         if math.isfinite(value):
             self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
 
-    def after_update(self, adapted: AdaptedModel) -> None:
+    def after_update(self, context: LossContext) -> None:
         """Recovery: back to the source weights when the loss average falls below the bound."""
         if self.ema is not None and self.ema < self.reset_constant:
             self.n_recoveries += 1
-            adapted.reset()  # calls self.reset(): clears ema, keeps n_recoveries
-        adapted.counters.n_recoveries = self.n_recoveries
+            context.request_reset()  # calls self.reset(): clears ema; the optimizer state stays
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "n_recoveries": self.n_recoveries,
+            "n_zero_gradient_steps": self.n_zero_gradient_steps,
+        }

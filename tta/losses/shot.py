@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tta.losses.base import Loss, softmax_entropy
+from tta.functional import softmax_entropy
+from tta.losses.base import Loss
 from tta.losses.pl import check_threshold, pseudo_label_loss
 from tta.registry import LOSSES
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from torch import nn
 
 from tta.losses.entropy import EntropyLoss
-from tta.params import require_batchnorm, use_batch_statistics
+from tta.norm.batch import require_batchnorm, use_batch_statistics
+from tta.norm.window import check_window, use_window_statistics
 from tta.registry import LOSSES
-from tta.window_norm import check_window, use_window_statistics
 
 
 @LOSSES.register("tent")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tta.models.classes import last_linear, mismatch
+from tta.classes import last_linear, mismatch
 from tta.models.normalized import Normalized, find_normalization
 from tta.models.resnet import ResNetCifar
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tta.models.classes import mismatch
+from tta.classes import mismatch
 from tta.models.normalized import Normalized
 from tta.models.robustbench_import import INSTALL_HINT
 

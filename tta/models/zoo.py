@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tta.models.classes import check_num_classes, mismatch
+from tta.classes import check_num_classes, mismatch
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
 # robustbench's dataset of each benchmark whose source models it publishes.
@@ -139,3 +139,25 @@ def model_for_benchmark(
         model_dir=model_dir,
         image_size=getattr(benchmark, "image_size", None),
     )
+
+
+def default_model_for(benchmark: object) -> tuple[nn.Module, dict]:
+    """The benchmark's built-in source model (the shipped ResNet-20 for fmnist-c).
+
+    Other benchmarks have none: pass a model (`--model`); DomainBed's is fine-tuned on its
+    source domains with `tta.models.domainbed_train.train_source`.
+    """
+    name = getattr(benchmark, "name", "")
+    if name == "fmnist-c":
+        from tta.models.source import source_model
+
+        model, checkpoint = source_model(data_root=getattr(benchmark, "data_root", None))
+        info = {"model": checkpoint["config"]["arch"], "checkpoint": checkpoint["config"]}
+        info["clean_accuracy"] = checkpoint.get("clean_accuracy")
+        return model, info
+    if name == "domainbed":
+        raise NotImplementedError(
+            "domainbed has no built-in source model: fine-tune one on the source domains with "
+            "tta.models.domainbed_train.train_source and pass it as the model"
+        )
+    raise NotImplementedError(f"{name} has no built-in source model; pass a model (--model)")

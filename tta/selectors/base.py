@@ -1,4 +1,4 @@
-"""Interfaces of layer selectors and sample filters, and the proposal a selector judges."""
+"""The interface of layer selectors, and the proposal a selector judges."""
 
 from __future__ import annotations
 

@@ -12,10 +12,14 @@ and a layer with u_l = 0 is not a candidate. Defaults (the paper's):
 - `threshold=0.75` (lambda). `variant="single"`: only the layer with the largest cos_l keeps
   its update, and only if cos_l > threshold; otherwise the step is skipped (all scales 0, the
   engine counts it in `n_skipped`). `variant="multi"`: every layer with cos_l > threshold.
-- `window=20` (s): the selector counts its own calls; at the first call of each window the
-  anchor moves to the current parameters (the weights are NOT reset) and every layer keeps
-  its update (TD = 0, so every cosine is 1). `window=None`, `0`, `"inf"` or `float("inf")`:
-  no reset, the anchor stays at the first step's parameters.
+- `window=20` (s), in adaptation steps (one per batch and step, `proposal.step`, counted by
+  the engine whatever number of forward passes the loss runs: SAR's two, CoTTA's ~34): at
+  the first step of each window the anchor moves to the current parameters (the weights are
+  NOT reset) and every layer keeps its update (TD = 0, so every cosine is 1). A step the
+  loss skipped before any proposal (e.g. EATA kept no sample) still counts; if it was a
+  window's first, the window's first proposal moves the anchor instead. `window=None`,
+  `0`, `"inf"` or `float("inf")`: no reset, the anchor stays at the first step's
+  parameters.
 - `granularity="module"` (alias "layer": one module that owns parameters, flattened),
   `"block"` (network stages, see `tta.layers`; `block_patterns` overrides discovery) or
   `"tensor"`. The engine partitions the trainable parameters at this granularity.
@@ -127,7 +131,8 @@ class Gala(LayerSelector):
 
     def reset(self) -> None:
         """Restart the window: the next call moves the anchor and updates every layer."""
-        self._calls = 0
+        self._origin: int | None = None  # the step the current run of windows started at
+        self._window_index: int | None = None
         self._anchor: torch.Tensor | None = None
         self._lengths: torch.Tensor | None = None
 
@@ -143,10 +148,15 @@ class Gala(LayerSelector):
 
     @torch.no_grad()
     def select(self, proposal: Proposal) -> list[float]:
-        position = self._calls if self.window is None else self._calls % self.window
-        self._calls += 1
-        cosines = self.cosines(proposal, new_window=position == 0)
-        if position == 0:
+        if self._origin is None:
+            self._origin = proposal.step
+        elapsed = proposal.step - self._origin
+        position = elapsed if self.window is None else elapsed % self.window
+        window_index = 0 if self.window is None else elapsed // self.window
+        new_window = window_index != self._window_index
+        self._window_index = window_index
+        cosines = self.cosines(proposal, new_window=new_window)
+        if new_window:
             selected = [i for i, c in enumerate(cosines) if not np.isnan(c)]
             scales = [1.0] * len(cosines)
         else:

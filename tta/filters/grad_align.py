@@ -3,7 +3,7 @@
 Our extension of GALA (Sahoo et al., "A Layer Selection Approach to Test Time Adaptation",
 AAAI 2025), which has no sample-level variant: GALA's alignment test applied to per-sample
 gradients instead of per-layer proposals. For each sample i of a batch, with g_i its
-per-sample gradient (`tta.per_sample`), lr the optimizer's learning rate, and TD = theta -
+per-sample gradient (`tta.filters.per_sample`), lr the optimizer's learning rate, and TD = theta -
 anchor the displacement of the trainable parameters since the start of the current window:
 
     u_i = -lr * g_i                       (the SGD step a batch of this sample alone would take)
@@ -26,10 +26,10 @@ Options and defaults:
 - `granularity="all"`: one vector over all trainable parameters; `"layer"`: one cosine per
   layer (the engine's layers, e.g. GALA's granularity), averaged over the layers where
   u_i != 0. A sample with u_i = 0 everywhere has cosine 0 (no update, nothing to align).
-- `method="auto"`: how per-sample gradients are computed (see `tta.per_sample`).
+- `method="auto"`: how per-sample gradients are computed (see `tta.filters.per_sample`).
 - `share_forward=True`: reuse the engine's forward. From a window's first step until
   `reset()` the filter keeps a forward pre-hook and hook on the model, so that each forward
-  under grad is recorded by `tta.per_sample.Capture`: BatchNorm runs the native kernels
+  under grad is recorded by `tta.filters.per_sample.Capture`: BatchNorm runs the native kernels
   through a tap (same logits; the engine's own backward is exact, bit for bit, see the
   tests), Linear/convolution outputs get a zero added whose gradient is the output's.
   Without it (`False`, or a parameter of a module with no closed-form rule, or a BatchNorm
@@ -54,7 +54,9 @@ from collections.abc import Sequence
 
 import torch
 
-from tta.per_sample import METHODS, Capture, per_sample_grads, shares_forward
+from tta.context import FilterContext
+from tta.filters.base import SampleFilter
+from tta.filters.per_sample import METHODS, Capture, per_sample_grads, shares_forward
 from tta.registry import SAMPLE_FILTERS
 from tta.selectors.gala import parse_window
 
@@ -72,7 +74,7 @@ def alignment(
 
 
 @SAMPLE_FILTERS.register("grad-align")
-class GradAlign:
+class GradAlign(SampleFilter):
     """Gradient-alignment sample filter; see the module docstring."""
 
     name = "grad-align"
@@ -126,21 +128,23 @@ class GradAlign:
         }
 
     @torch.no_grad()
-    def keep(self, x: torch.Tensor, logits: torch.Tensor, adapted) -> torch.Tensor | None:
+    def keep(
+        self, x: torch.Tensor, logits: torch.Tensor, context: FilterContext
+    ) -> torch.Tensor | None:
         """Boolean mask over the batch (None: keep all, at a window's first step)."""
         position = self._calls if self.window is None else self._calls % self.window
         self._calls += 1
-        params = [p for layer in adapted.layers for p in layer.params]
+        params = [p for layer in context.layers for p in layer.params]
         capture, self._capture = self._capture, None
         if capture is not None and capture.output is not logits:
             capture = None  # recorded some other forward
         if position == 0 or self._anchor is None:
-            self._check_loss(adapted.loss, logits)
+            self._check_loss(context.loss, logits)
             self._anchor = [p.detach().clone() for p in params]
-            self._record_forwards(adapted.model, params)
+            self._record_forwards(context.model, params)
             self._count(len(x), len(x))
             return None
-        keep = self.scores(adapted, x, params, capture) > self.threshold
+        keep = self.scores(context, x, params, capture) > self.threshold
         self._count(int(keep.sum()), len(x))
         return keep
 
@@ -164,7 +168,7 @@ class GradAlign:
 
     def scores(
         self,
-        adapted,
+        context: FilterContext,
         x: torch.Tensor,
         params: Sequence[torch.nn.Parameter],
         capture: Capture | None = None,
@@ -175,21 +179,21 @@ class GradAlign:
             return x.new_ones(x.shape[0])  # TD = 0: every cosine is 1, no gradients needed
         with torch.enable_grad():
             if capture is not None:
-                grads = capture.grads(capture.output, adapted.loss)
+                grads = capture.grads(capture.output, context.loss)
             else:
                 self._busy = True  # our own forward is not to be recorded
                 try:
-                    grads = per_sample_grads(adapted.model, x, adapted.loss, params, self.method)
+                    grads = per_sample_grads(context.model, x, context.loss, params, self.method)
                 finally:
                     self._busy = False
                 self.n_extra_forward += 1
             self.n_extra_backward += 1
-        lrs = _learning_rates(adapted.optimizer, params)
+        lrs = _learning_rates(context.optimizer, params)
         terms = [_terms(g, t, lr) for g, t, lr in zip(grads, td, lrs, strict=True)]
         if self.granularity == "all":
             nsq, dot, td_sq = _total(terms)
             return alignment(nsq, dot, td_sq, nsq > 0)
-        return self._layer_mean(adapted.layers, terms)
+        return self._layer_mean(context.layers, terms)
 
     def _record_forwards(self, model: torch.nn.Module, params: list) -> None:
         """Hook `model` so each forward under grad is recorded by an exact `Capture`.

@@ -1,8 +1,8 @@
-"""Run a published protocol (`tta.published`) with tta and compare with the literature.
+"""Run a published protocol (`tta.harness.published`) with tta and compare with the literature.
 
 The scripts in `benchmarks/` are one call to `main`. The run uses the library only: the
 benchmark's loader, `tta.models.zoo.model_for_benchmark`, `tta.adapt` with each method's
-preset (`tta.presets`) and `tta.stream.run_stream`. Data files, the model checkpoint and the
+preset (`tta.presets`) and `tta.harness.stream.run_stream`. Data files, the model checkpoint and the
 class count are all checked before the first method runs. Output: `<out>/comparison.md` and
 `<out>/comparison.json` (ours vs published, mean and per corruption, with sources), on the
 GPU when there is one.
@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 import tta
-from tta.comparison import differences, write_comparison
 from tta.data.corruptions import STANDARD_CORRUPTIONS
-from tta.published import Protocol, protocol
+from tta.harness.comparison import differences, write_comparison
+from tta.harness.published import Protocol, protocol
+from tta.harness.stream import StreamSpec, peak_memory_mb, run_stream, to_batch
 from tta.registry import LOSSES
-from tta.stream import StreamSpec, peak_memory_mb, run_stream, to_batch
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError)
 FALLBACK = {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "params": None, "options": {}}
@@ -136,7 +136,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_benchmark(name: str, data_root: str | None, download: bool):
-    from tta.benchmarks import BENCHMARKS
+    from tta.data.benchmarks import BENCHMARKS
 
     if name not in BENCHMARKS:
         raise RuntimeError(

@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from tta.benchmarks import Benchmark
+from tta.data.base import Benchmark
 from tta.engine import AdaptedModel
-from tta.stream import StreamResult, StreamSpec, run_stream
+from tta.harness.stream import StreamResult, StreamSpec, run_stream
 
 
 def run_seeds(

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from tta.data.corruptions import STANDARD_CORRUPTIONS
-from tta.published import SOURCES, Protocol
-from tta.results import versions
-from tta.stream import StreamSpec
+from tta.harness.published import SOURCES, Protocol
+from tta.harness.results import versions
+from tta.harness.stream import StreamSpec
 
 
 def differences(proto: Protocol, spec: StreamSpec, model_spec: str) -> list[str]:

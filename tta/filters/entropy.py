@@ -17,6 +17,9 @@ import math
 
 import torch
 
+from tta.context import FilterContext
+from tta.filters.base import SampleFilter
+from tta.functional import softmax_entropy
 from tta.registry import SAMPLE_FILTERS
 
 
@@ -40,7 +43,7 @@ def check_margin(margin: float, who: str) -> float:
 
 
 @SAMPLE_FILTERS.register("entropy")
-class EntropyFilter:
+class EntropyFilter(SampleFilter):
     """Keep the samples with softmax entropy < margin * ln C (default margin 0.4).
 
     `n_kept` and `n_removed` count samples over the whole run (not reset by `reset()`).
@@ -54,18 +57,14 @@ class EntropyFilter:
         self.n_removed = 0
 
     @torch.no_grad()
-    def keep(self, x: torch.Tensor, logits: torch.Tensor, adapted: object = None) -> torch.Tensor:
-        # imported here: tta.losses (eata, sar) imports this module, so no import-time cycle
-        from tta.losses.base import softmax_entropy
-
+    def keep(
+        self, x: torch.Tensor, logits: torch.Tensor, context: FilterContext | None = None
+    ) -> torch.Tensor:
         mask = reliable(softmax_entropy(logits.detach()), logits.shape[1], self.margin)
         kept = int(mask.sum())
         self.n_kept += kept
         self.n_removed += mask.numel() - kept
         return mask
-
-    def reset(self) -> None:
-        """Stateless across batches: nothing to forget."""
 
     def stats(self) -> dict[str, int]:
         return {"n_kept": self.n_kept, "n_removed": self.n_removed}

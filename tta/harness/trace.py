@@ -24,7 +24,7 @@ def selection_mask(selected: list[list[int]], n_layers: int) -> np.ndarray:
 
 
 def domain_columns(steps: np.ndarray, domain_starts: list[int]) -> np.ndarray:
-    """The first trace row of each domain (steps are forward indices, as domain_starts)."""
+    """The first trace row of each domain (steps are adaptation step indices, as domain_starts)."""
     return np.searchsorted(steps, np.asarray(domain_starts, dtype=np.int64), side="left")
 
 

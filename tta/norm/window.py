@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tta.params import batchnorm_modules
+from tta.norm.batch import batchnorm_modules
 
 
 def check_window(window: int | None) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tta.context import FilterContext
+from tta.filters.base import SampleFilter
 from tta.registry import SAMPLE_FILTERS
 
 MOMENTUM = 0.9  # m <- 0.9 m + 0.1 mean(p), fixed in the official code
@@ -63,7 +65,7 @@ def check_d_margin(d_margin: float, who: str) -> float:
 
 
 @SAMPLE_FILTERS.register("redundancy")
-class RedundancyFilter:
+class RedundancyFilter(SampleFilter):
     """Drop samples whose prediction has cosine similarity >= d_margin with the moving average.
 
     The average covers the samples this filter kept (when used on its own it does not know
@@ -80,7 +82,9 @@ class RedundancyFilter:
         self.n_removed = 0
 
     @torch.no_grad()
-    def keep(self, x: torch.Tensor, logits: torch.Tensor, adapted: object = None) -> torch.Tensor:
+    def keep(
+        self, x: torch.Tensor, logits: torch.Tensor, context: FilterContext | None = None
+    ) -> torch.Tensor:
         probs = logits.detach().softmax(1)
         mask = non_redundant(probs, self.average, self.d_margin)
         self.average = update_average(self.average, probs[mask])

@@ -12,7 +12,7 @@ Settings (`StreamSpec.setting`):
 * `mixed`: the images of all domains shuffled together into one stream (RMT's
   `mixed_domains`); errors are still reported per domain.
 * `correlated`: continual, with the labels of each domain in a Dirichlet order
-  (`dirichlet_delta`, default 0.1 as RoTTA/NOTE; see `tta.stream_order`).
+  (`dirichlet_delta`, default 0.1 as RoTTA/NOTE; see `tta.harness.order`).
 
 `dirichlet_delta` also combines with the other settings (e.g. mixed + correlated labels).
 `order_seed` permutes the domain order (the literature's "10 corruption orders").
@@ -29,13 +29,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from tta.benchmarks import Benchmark
+from tta.data.base import Benchmark
 from tta.data.corruptions import STANDARD_CORRUPTIONS
 from tta.data.domain_sets import resolve_domains
 from tta.data.image_files import concat_images
 from tta.engine import AdaptedModel
+from tta.harness.order import DEFAULT_DIRICHLET_DELTA, domain_order, permuted, stream_order
 from tta.progress import progress
-from tta.stream_order import DEFAULT_DIRICHLET_DELTA, domain_order, permuted, stream_order
 
 __all__ = [
     "GRADUAL_SEVERITIES",
@@ -117,7 +117,7 @@ class StreamResult:
     time_s: float = 0.0
     n_images: int = 0
     interrupted: bool = False
-    domain_starts: list[int] = field(default_factory=list)  # forward index of each domain
+    domain_starts: list[int] = field(default_factory=list)  # adaptation step of each domain
     counters: dict = field(default_factory=dict)
 
     @property
@@ -180,7 +180,7 @@ def _record(result: StreamResult, name: str, severity: int | None, wrong: np.nda
 
 def _run_domains(adapted, spec, benchmark, domains, device, result, bar) -> None:
     for name, severity in domains:
-        result.domain_starts.append(adapted.counters.n_forward)
+        result.domain_starts.append(adapted.counters.step_index)
         images, labels = benchmark.load(name, severity, spec.n_per_domain, spec.seed)
         order = stream_order(labels, spec.seed, name, severity, spec.shuffle, spec.dirichlet_delta)
         if spec.setting == "reset-each-shift":
@@ -200,7 +200,7 @@ def _run_mixed(adapted, spec, benchmark, domains, device, result, bar) -> None:
         owner.append(np.full(len(domain_labels), k))
     labels, owner = np.concatenate(labels), np.concatenate(owner)
     order = stream_order(labels, spec.seed, "mixed", None, spec.shuffle, spec.dirichlet_delta)
-    result.domain_starts.append(adapted.counters.n_forward)
+    result.domain_starts.append(adapted.counters.step_index)
     wrong = _predict(adapted, concat_images(sources), labels, order, spec.batch_size, device, bar)
     for k, (name, severity) in enumerate(domains):
         _record(result, name, severity, wrong[owner == k])

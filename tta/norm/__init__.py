@@ -1,0 +1,1 @@
+"""Normalization statistics: what BatchNorm normalizes with while a model adapts."""
