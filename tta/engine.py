@@ -65,7 +65,9 @@ class AdaptedModel(nn.Module):
         self._source_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer else None
         self._warned_nonfinite = False
         named = tuple(
-            (name, p) for layer in layers for name, p in zip(layer.param_names, layer.params)
+            (name, p)
+            for layer in layers
+            for name, p in zip(layer.param_names, layer.params, strict=True)
         )
         self.loss_context = LossContext(model, named, self.counters, self._recover)
         self.filter_context = FilterContext(model, layers, loss, optimizer)

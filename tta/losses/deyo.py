@@ -37,6 +37,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tta.context import LossContext
 from tta.filters.entropy import check_margin, reliable
 from tta.functional import softmax_entropy
 from tta.losses.sar import TopLayersFrozenLoss
