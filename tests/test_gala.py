@@ -222,6 +222,53 @@ def weights(model: ToyModel) -> list[torch.Tensor]:
     return [model.a.weight.detach().clone(), model.b.weight.detach().clone()]
 
 
+@pytest.mark.parametrize(
+    ("loss", "options", "forwards_per_batch"),
+    [
+        ("tent", {}, 1),
+        ("sar", {"margin": 10.0, "reset_constant": 0.0}, 2),  # SAM's second forward
+        ("cotta", {"ap": 1.1, "n_augmentations": 4}, 6),  # student, anchor, 4 augmented
+    ],
+)
+def test_window_counts_batches_whatever_the_losses_forward_passes(
+    images, loss, options, forwards_per_batch
+):
+    """GALA's 20-step window is 20 batches under SAR and CoTTA too, not 20 forward passes."""
+    adapted = tta.adapt(
+        make_tiny_net(), loss=loss, params="all", selector="gala", lr=1e-3, **options
+    )
+    n_batches = 45
+    for _ in range(n_batches):
+        adapted(images)
+    trace = adapted.selector.trace()
+    assert adapted.counters.n_forward >= forwards_per_batch * n_batches
+    assert trace["step"] == list(range(n_batches))
+    assert trace["window_position"] == [b % 20 for b in range(n_batches)]
+    starts = [b for b in range(n_batches) if trace["window_position"][b] == 0]
+    assert starts == [0, 20, 40]
+    assert all(len(trace["selected"][b]) == len(adapted.layers) for b in starts)
+
+
+def test_window_still_ticks_when_the_loss_skips_a_batch(images):
+    """A batch the loss skips (no proposal) still counts as a step of the window."""
+    adapted = tta.adapt(
+        make_tiny_net(),
+        loss="eta",
+        selector="gala",
+        selector_options={"window": 3},
+        e_margin=10.0,
+        d_margin=1.0,
+    )
+    for _ in range(2):
+        adapted(images)
+    adapted.loss.e_margin = 1e-6  # no sample is reliable: the loss skips, GALA is not called
+    adapted(images)
+    adapted.loss.e_margin = 10.0
+    adapted(images)  # step 3 opens the second window
+    trace = adapted.selector.trace()
+    assert trace["step"] == [0, 1, 3] and trace["window_position"] == [0, 1, 0]
+
+
 def test_sgd_path_update_is_minus_lr_times_gradient():
     adapted, model = toy_engine("sgd", threshold=0.75, window=20)
     w0 = weights(model)
