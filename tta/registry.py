@@ -44,3 +44,4 @@ class Registry:
 LOSSES = Registry("loss")
 LAYER_SELECTORS = Registry("selector")
 SAMPLE_FILTERS = Registry("sample filter")
+NORMS = Registry("norm")

@@ -17,7 +17,8 @@ from __future__ import annotations
 from torch import nn
 
 from tta.losses.entropy import EntropyLoss
-from tta.norm.batch import require_batchnorm, use_batch_statistics
+from tta.norm.base import require_batchnorm
+from tta.norm.batch import use_batch_statistics
 from tta.norm.window import check_window, use_window_statistics
 from tta.registry import LOSSES
 

@@ -9,19 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-
-def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def require_batchnorm(model: nn.Module, needed_by: str) -> None:
-    """Raise a clear error when a method that works through BatchNorm meets a model without it."""
-    if not batchnorm_modules(model):
-        raise ValueError(
-            f"{needed_by} needs BatchNorm layers, but {type(model).__name__} has none. "
-            "Use a model with BatchNorm, or a loss that does not rely on it with "
-            "params='all' (e.g. loss='entropy', params='all')."
-        )
+from tta.norm.base import NormMode, batchnorm_modules
+from tta.registry import NORMS
 
 
 def use_batch_statistics(model: nn.Module) -> None:
@@ -35,3 +24,21 @@ def use_batch_statistics(model: nn.Module) -> None:
         module.track_running_stats = False
         module.running_mean = None
         module.running_var = None
+
+
+@NORMS.register("batch")
+class BatchStatsNorm(NormMode):
+    """Every BatchNorm normalizes with the current test batch's statistics."""
+
+    name = "batch"
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size == 1:
+            raise ValueError(
+                "norm='batch' with a batch of 1 image normalizes every image by its own "
+                "statistics, which gives chance accuracy; use norm='window' (statistics of the "
+                "last 64 test samples) or batches of more images"
+            )
+
+    def configure(self, model: nn.Module) -> None:
+        use_batch_statistics(model)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tta.norm.batch import batchnorm_modules
+from tta.norm.base import NormMode, batchnorm_modules
+from tta.registry import NORMS
 
 
 def check_window(window: int | None) -> None:
@@ -110,3 +111,20 @@ def use_window_statistics(model: nn.Module, window: int) -> int:
     if not replaced and not batchnorm_modules(model):
         raise ValueError(f"bn_window needs BatchNorm layers, but {type(model).__name__} has none")
     return replaced
+
+
+@NORMS.register("window")
+class WindowNorm(NormMode):
+    """Statistics of the last `window` test samples (64 by default): batch size 1 works."""
+
+    name = "window"
+
+    def __init__(self, window: int = 64) -> None:
+        check_window(window)
+        self.window = window
+
+    def configure(self, model: nn.Module) -> None:
+        use_window_statistics(model, self.window)
+
+    def options(self) -> dict:
+        return {"window": self.window}
