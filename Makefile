@@ -16,10 +16,12 @@ test: install
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the development machines' torch/torchvision (on their disk: no
+# download); pyproject.toml itself only asks for compatible versions.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,models]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,models]'
 	touch $@
 
 data:
