@@ -10,21 +10,27 @@ the engine; per-loss numbers are reported through `stats()`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from tta.context import LossContext
+from tta.presets import Preset
 
 
 class Loss:
     """An unsupervised test-time objective.
 
     `default_params` is the parameter set used when `tta.adapt(params=None)`; `adapts` is False
-    for methods without a gradient step (source, norm).
+    for methods without a gradient step (source, norm). `presets` (family -> Preset, see
+    tta/presets.py) are the method's recommended settings, declared beside its defaults.
     """
 
     name = "loss"
     default_params = "norm"
+    presets: ClassVar[Mapping[str, Preset]] = {}
     adapts = True
     scores_logits_alone = True  # False when the objective needs more than the logits (images)
 

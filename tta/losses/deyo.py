@@ -26,6 +26,9 @@ Destroy Your Object, as the official code (Jhyun17/DeYO, `methods/deyo.py`, `con
 - Optimizer of the paper: SGD momentum 0.9, lr 0.00025 for ResNet-50 at batch 64 (x2 x bs /
   64 below batch 32), 0.001 x bs / 64 for ViT-B/16. No CIFAR setting in the official code.
 
+Presets (`presets`): ImageNet as Jhyun17/DeYO: SGD 2.5e-4, momentum 0.9, batch 64. CIFAR:
+Adam 1e-3, batch 200 (the continual CIFAR protocol; DeYO has no CIFAR-C setting).
+
 Deviation: the official code calls `model.train()` on the whole model; we put only the
 BatchNorm layers in train mode, as our TENT.
 """
@@ -41,6 +44,7 @@ from tta.context import LossContext
 from tta.filters.entropy import check_margin, reliable
 from tta.functional import softmax_entropy
 from tta.losses.sar import TopLayersFrozenLoss
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 
@@ -93,6 +97,7 @@ class DeYOLoss(TopLayersFrozenLoss):
 
     scores_logits_alone = False  # the objective needs the images (patch shuffling)
     name = "deyo"
+    presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def __init__(
         self,

@@ -31,6 +31,12 @@ range, or an iterable of such batches (or of (images, labels) pairs):
 benchmark's source split (`Benchmark.source_samples`). The official code uses 2000 clean
 ImageNet validation images; the paper describes the same estimate.
 
+Presets (`presets`): ImageNet as mr-eggplant/EATA `main.py` (SGD 2.5e-4, momentum 0.9, batch
+64, d_margin 0.05, fisher_alpha 2000, 2000 Fisher samples). CIFAR: the paper's d_margin 0.4
+and fisher_alpha 1 with the continual CIFAR protocol's optimizer (Adam 1e-3, batch 200, as
+TENT; the configs of mariodoebler/test-time-adaptation use the same). CIFAR-100-C uses
+d_margin 0.1 (the same configs); the EATA paper has no CIFAR-100 setting.
+
 Counts over the whole run: `n_unreliable` (removed by the entropy filter), `n_redundant`
 (removed by the redundancy filter), `n_kept` (learned from); they also add to the engine's
 `n_filtered_samples`. Differences from the official code, both deliberate: `reset()` also
@@ -54,6 +60,7 @@ from tta.filters.redundancy import check_d_margin, non_redundant, update_average
 from tta.functional import softmax_entropy
 from tta.losses.base import Loss
 from tta.norm.batch import use_batch_statistics
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 FisherData = torch.Tensor | Iterable[torch.Tensor] | Iterable[tuple[torch.Tensor, object]]
@@ -70,6 +77,12 @@ class EtaLoss(Loss):
 
     name = "eta"
     default_params = "norm"
+    presets = {
+        "cifar": cifar_adam(
+            options={"d_margin": 0.4}, benchmark_options={"cifar100-c": {"d_margin": 0.1}}
+        ),
+        "imagenet": imagenet_sgd(options={"d_margin": 0.05}),
+    }
 
     def __init__(self, e_margin: float = 0.4, d_margin: float = 0.05) -> None:
         self.e_margin = check_margin(e_margin, f"loss {self.name!r} (e_margin)")
@@ -152,6 +165,15 @@ class EataLoss(EtaLoss):
     name = "eata"
     source_data_option = "fisher_data"  # tta-run fills it from the benchmark's source split
     default_num_samples = 2000
+    presets = {
+        "cifar": cifar_adam(
+            options={"d_margin": 0.4, "fisher_alpha": 1.0, "num_samples": 2000},
+            benchmark_options={"cifar100-c": {"d_margin": 0.1}},
+        ),
+        "imagenet": imagenet_sgd(
+            options={"d_margin": 0.05, "fisher_alpha": 2000.0, "num_samples": 2000}
+        ),
+    }
 
     def __init__(
         self,

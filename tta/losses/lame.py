@@ -19,6 +19,9 @@ BatchNorm statistics); only its output is adjusted, batch by batch.
   energy sum(unary Y - lambda (lambda W Y) Y + Y log Y) changes by at most 1e-8 relative
   (the official energy, with its lambda applied twice; `bound_lambda=1`).
 - Predictions returned: log Y (so softmax and argmax of the output are those of Y).
+
+Presets (`presets`): no gradient step, so only the batch size matters: 200 for the `cifar`
+family, 64 for `imagenet` (the optimizers of the common protocols are recorded, unused).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 
 from tta.context import LossContext
 from tta.losses.base import Loss
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 AFFINITIES = ("knn", "rbf", "linear")
@@ -118,6 +122,7 @@ class LAMELoss(Loss):
 
     name = "lame"
     adapts = False
+    presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def __init__(
         self,

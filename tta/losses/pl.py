@@ -11,6 +11,12 @@ runs the featurizer in eval mode while adapting).
 When no sample is confident there is nothing to learn from: `backward` returns None and the
 engine counts a skipped step (T3A would back-propagate the NaN of an empty mean). Counts over
 the run: `n_confident`, `n_unconfident` (the latter also adds to `n_filtered_samples`).
+
+Presets (`presets`, also for shot-im and shot): the GALA paper's continual CIFAR protocol
+(batch 200) with Adam, the optimizer of the DomainBed TTA protocol it follows
+(matsuolab/T3A); lr 1e-3 as TENT's CIFAR setting. No ImageNet-C setting exists: SGD 2.5e-4,
+momentum 0.9, batch 64, the common ImageNet-C optimizer. Method options are the losses'
+defaults (threshold 0.9, beta 0.1).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 
 from tta.context import LossContext
 from tta.losses.base import Loss
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 
@@ -52,6 +59,7 @@ def pseudo_label_loss(logits: torch.Tensor, threshold: float = 0.9) -> torch.Ten
 class PseudoLabelLoss(Loss):
     name = "pl"
     default_params = "all"
+    presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def __init__(self, threshold: float = 0.9) -> None:
         self.threshold = check_threshold(threshold, "loss 'pl'")

@@ -41,6 +41,11 @@ Sharpness-Aware and Reliable entropy minimization, as the official code (mr-eggp
   64 (2 x 0.00025 x bs / 64 below batch 32), lr 0.001 x bs / 64 for ViT-B/16. The paper has
   no CIFAR setting; the engine's optimizer is whatever `tta.adapt` was given.
 
+Presets (`presets`): ImageNet as mr-eggplant/SAR `main.py`: SGD momentum 0.9, batch 64, lr
+2.5e-4 for ResNet-50 at batch >= 32 and 2 x 2.5e-4 x batch / 64 below (`sar_lr`; the rule
+follows an overridden batch size). SAR has no CIFAR setting: Adam 1e-3, batch 200 (the
+continual CIFAR protocol).
+
 Deviation: the official code calls `model.train()` on the whole model (we put only the
 BatchNorm layers in train mode, as our TENT: dropout stays off).
 """
@@ -60,9 +65,15 @@ from tta.layers import block_keys
 from tta.losses.base import Loss
 from tta.norm.batch import use_batch_statistics
 from tta.params import select_parameters
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 VIT_BLOCK_PATTERN = r"(?:.*?\.)?blocks\.\d+"
+
+
+def sar_lr(batch_size: int) -> float:
+    """SAR's ResNet-50 rule (mr-eggplant/SAR main.py): 2.5e-4, or 2 x 2.5e-4 x bs / 64 below 32."""
+    return 0.00025 if batch_size >= 32 else 2 * 0.00025 * batch_size / 64
 
 
 def _top_keys(keys: list[str], drop_last: int) -> set[str]:
@@ -183,6 +194,7 @@ class SARLoss(TopLayersFrozenLoss):
     """Reliable entropy with a sharpness-aware two-pass step and model recovery."""
 
     name = "sar"
+    presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd(lr_rule=sar_lr)}
 
     def __init__(
         self,

@@ -19,6 +19,9 @@ As in the GALA paper these update all layers (`params='all'`) and BatchNorm keep
 running statistics (T3A adapts with the featurizer in eval mode). The official SHOT and T3A's
 SHOT freeze the classifier head (the "source hypothesis"); pass e.g. a list of the
 feature-extractor parameter names as `params=` for that.
+
+Presets (`presets`): as pl's (tta/losses/pl.py, which gives the sources); shot inherits
+shot-im's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 from tta.functional import softmax_entropy
 from tta.losses.base import Loss
 from tta.losses.pl import check_threshold, pseudo_label_loss
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 EPSILON = 1e-5  # inside the log of the marginal entropy, as SHOT's `args.epsilon`
@@ -45,6 +49,7 @@ def information_maximization(logits: torch.Tensor) -> torch.Tensor:
 class ShotIMLoss(Loss):
     name = "shot-im"
     default_params = "all"
+    presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def configure(self, model: nn.Module) -> None:
         model.eval()

@@ -7,6 +7,8 @@ eval mode); one step per batch; the returned logits are those of the forward pas
 update. Defaults of the paper: CIFAR Adam lr 1e-3 (betas 0.9/0.999, no weight decay), batch
 200; ImageNet SGD lr 2.5e-4, momentum 0.9, batch 64.
 
+Presets: those two settings (TENT paper and DequanWang/tent configs).
+
 One deliberate difference: the official code calls `model.train()` on the whole model; we put
 only the BatchNorm layers in train mode, so dropout (if any) stays off. For models without
 dropout the two are identical.
@@ -20,6 +22,7 @@ from tta.losses.entropy import EntropyLoss
 from tta.norm.base import require_batchnorm
 from tta.norm.batch import use_batch_statistics
 from tta.norm.window import check_window, use_window_statistics
+from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
 
@@ -27,6 +30,7 @@ from tta.registry import LOSSES
 class TentLoss(EntropyLoss):
     name = "tent"
     default_params = "norm"
+    presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def __init__(self, bn_window: int | None = None) -> None:
         """`bn_window`: normalize with the last W samples' statistics (batch size 1)."""
