@@ -204,15 +204,61 @@ def test_fisher_is_the_mean_over_batches_of_squared_gradients(images):
         torch.testing.assert_close(fishers[name][1], p.detach())
 
 
-def test_fisher_data_as_batches_with_labels_and_a_sample_cap(images):
-    loss_fn = EataLoss(fisher_data=[(images[:6], None), (images[6:12], None)], num_samples=8)
+def batch_sizes_seen(fisher_data, **options) -> tuple[list[int], EataLoss]:
+    """The batch sizes EATA's Fisher estimate runs the model on."""
+    loss_fn = EataLoss(fisher_data=fisher_data, **options)
     model = make_tiny_net()
     loss_fn.check_model(model)
     seen = []
     original = model.forward
     model.forward = lambda x: seen.append(len(x)) or original(x)
     loss_fn.configure(model)
-    assert seen == [6, 2] and loss_fn.fishers
+    return seen, loss_fn
+
+
+def test_fisher_data_as_batches_with_labels_and_a_sample_cap(images):
+    data = [(images[:6], None), (images[6:12], None)]
+    seen, loss_fn = batch_sizes_seen(data, num_samples=8, fisher_batch_size=64)
+    assert seen == [8] and loss_fn.fishers  # re-batched to fisher_batch_size, cut at 8
+    seen, _ = batch_sizes_seen(iter(data), num_samples=11, fisher_batch_size=4)
+    assert seen == [4, 4, 3]
+
+
+def test_fisher_batches_come_at_fisher_batch_size_however_the_data_is_batched(images):
+    """tta-run passes test-size batches; the estimate must not depend on them."""
+    x = images[:10]
+    pieces = [x[:3], x[3:8], torch.zeros(0, 3, 8, 8), x[8:9], (x[9:], None), images[10:]]
+
+    def fisher(data, batch_size):
+        model = make_tiny_net()
+        loss_fn = EataLoss(fisher_data=data, num_samples=10, fisher_batch_size=batch_size)
+        loss_fn.configure(model)
+        return loss_fn.fishers
+
+    from_tensor = fisher(x, 4)  # batches of 4, 4, 2
+    from_pieces = fisher(iter(pieces), 4)
+    assert sorted(from_tensor) == sorted(from_pieces)
+    for name, (value, source) in from_tensor.items():
+        assert torch.equal(value, from_pieces[name][0]), name
+        assert torch.equal(source, from_pieces[name][1]), name
+    # the batch size matters: batches of 5 give another estimate
+    other = fisher(x, 5)
+    assert not all(torch.equal(from_tensor[n][0], other[n][0]) for n in from_tensor)
+    # by hand: mean over the batches (4, 4, 2) of the squared batch-mean gradients
+    model = make_tiny_net()
+    EtaLoss().configure(model)
+    by_hand = fisher_information(model, [x[:4], x[4:8], x[8:]])
+    for name, (value, _) in from_tensor.items():
+        torch.testing.assert_close(value, by_hand[name][0], rtol=0, atol=0)
+
+
+def test_fisher_data_that_is_not_what_the_model_takes_is_named():
+    with pytest.raises(TypeError, match="fisher_data: the input has dtype torch.float64"):
+        tta.adapt(make_tiny_net(), loss="eata", fisher_data=torch.rand(4, 3, 8, 8).double())
+    bad = torch.rand(4, 3, 8, 8)
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="fisher_data: the input holds 1 NaN/inf"):
+        tta.adapt(make_tiny_net(), loss="eata", fisher_data=[bad])
 
 
 def test_eata_checks_options_and_fisher_images():

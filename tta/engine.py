@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from tta.checks import check_images, expected_channels
+from tta.checks import check_input, input_kind, model_dtype
 from tta.context import Counters, FilterContext, LossContext
 from tta.filters.base import SampleFilter
 from tta.layers import Layer
@@ -31,7 +33,9 @@ class AdaptedModel(nn.Module):
 
     Calling it returns the logits of the forward pass before that batch's update. The wrapped
     module is adapted in place (`adapted.model` is the module you passed); `reset()` restores
-    the weights, buffers and optimizer state captured right after configuration.
+    the weights, buffers and optimizer state captured right after configuration. Every batch
+    is checked first (see tta/checks.py: what the model's first layer takes; the value range
+    for image models only). `settings` is what `tta.adapt` resolved, for `describe()`.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class AdaptedModel(nn.Module):
         steps: int = 1,
         episodic: bool = False,
         input_range: tuple[float, float] | None = (0.0, 1.0),
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -59,7 +64,8 @@ class AdaptedModel(nn.Module):
         self.episodic = episodic
         self.input_range = input_range
         self.counters = Counters()
-        self._channels = expected_channels(model)
+        self.input_kind = input_kind(model)
+        self._settings = dict(settings or {})
         self._params = [p for layer in layers for p in layer.params]
         self._source_model = copy.deepcopy(model.state_dict())
         self._source_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer else None
@@ -75,6 +81,25 @@ class AdaptedModel(nn.Module):
     @property
     def adapts(self) -> bool:
         return self.loss.adapts and self.optimizer is not None and bool(self._params)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that ran, defaults included (for a protocol card); JSON-friendly.
+
+        Keys: loss, loss_options, params, n_trainable, selector, selector_options,
+        sample_filter, sample_filter_options, optimizer, lr, momentum (None unless SGD),
+        weight_decay, steps, episodic, input_range.
+        """
+        return {
+            **self._settings,
+            "n_trainable": sum(p.numel() for p in self._params),
+            "steps": self.steps,
+            "episodic": self.episodic,
+            "input_range": None if self.input_range is None else list(self.input_range),
+        }
+
+    def check_input(self, x: object) -> torch.Tensor:
+        """Refuse a batch the model cannot take, with a message that says how to fix it."""
+        return check_input(x, self.input_kind, self.input_range, model_dtype(self.model))
 
     def reset(self) -> None:
         """Back to the source weights, buffers and optimizer state, exactly."""
@@ -94,11 +119,11 @@ class AdaptedModel(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with the current weights, without adapting."""
-        check_images(x, self._channels, self.input_range)
+        self.check_input(x)
         return self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self._channels, self.input_range)
+        self.check_input(x)
         if self.episodic:
             self.reset()
         if not self.adapts:

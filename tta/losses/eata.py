@@ -20,14 +20,18 @@ As the official code (mr-eggplant/EATA, `eata.py` and `main.py`):
 - `eata` adds the anti-forgetting Fisher penalty (Eqns. 8-9)
   `fisher_alpha * sum_i F_i (theta_i - theta_src_i)^2` (`fisher_alpha=2000`, the ImageNet
   default; 1 for CIFAR-10). F is estimated once, before adaptation, on clean source images
-  with the model already configured for EATA: per batch of `fisher_batch_size` images
-  (the code uses its test batch size, 64), the squared gradient of the cross-entropy
-  against the model's own argmax pseudo-labels (batch mean) is accumulated, and the sum is
-  divided by the number of batches; `num_samples=2000` images are used (`--fisher_size`).
+  with the model already configured for EATA: per batch of `fisher_batch_size` images,
+  the squared gradient of the cross-entropy against the model's own argmax pseudo-labels
+  (batch mean) is accumulated, and the sum is divided by the number of batches;
+  `num_samples=2000` images are used (`--fisher_size`). The estimate depends on the batch
+  size; `fisher_batch_size=64` because the official `main.py` builds its Fisher loader with
+  `batch_size=args.test_batch_size` (64).
 
 Clean source images arrive as `fisher_data`: a float tensor (N, C, H, W) in the model's input
-range, or an iterable of such batches (or of (images, labels) pairs):
-`tta.adapt(model, loss="eata", fisher_data=x_clean)`. `tta-run` draws them from the
+range, or an iterable of such batches (or of (images, labels) pairs) of any sizes, which are
+re-batched to `fisher_batch_size` (so `tta-run`'s test-size batches give the same estimate as
+one tensor): `tta.adapt(model, loss="eata", fisher_data=x_clean)`. Any input the model takes
+works (not only images). `tta-run` draws them from the
 benchmark's source split (`Benchmark.source_samples`). The official code uses 2000 clean
 ImageNet validation images; the paper describes the same estimate.
 
@@ -53,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tta.checks import check_images, expected_channels
+from tta.checks import check_input, input_kind, model_dtype
 from tta.context import LossContext
 from tta.filters.entropy import check_margin, entropy_margin, reliable
 from tta.filters.redundancy import check_d_margin, non_redundant, update_average
@@ -211,9 +215,9 @@ class EataLoss(EtaLoss):
                 "fisher_data=x_clean); or use loss='eta' (EATA without the Fisher penalty)"
             )
         if isinstance(self.fisher_data, torch.Tensor):
-            check_images(self.fisher_data, expected_channels(model), None)
-            if len(self.fisher_data) == 0:
+            if self.fisher_data.ndim and len(self.fisher_data) == 0:
                 raise ValueError("loss 'eata': fisher_data holds no images")
+            check_fisher_batch(self.fisher_data, model)
 
     def configure(self, model: nn.Module) -> None:
         super().configure(model)
@@ -244,20 +248,48 @@ class EataLoss(EtaLoss):
         return self.fisher_alpha * torch.stack(terms).sum() if terms else 0.0
 
 
+def check_fisher_batch(images: object, model: nn.Module) -> torch.Tensor:
+    """The checks of the engine's input (shape, dtype, finite values), named for fisher_data."""
+    try:
+        return check_input(images, input_kind(model), None, model_dtype(model))
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"loss 'eata', fisher_data: {error}") from error
+
+
 def fisher_batches(
     data: FisherData, num_samples: int, batch_size: int, model: nn.Module
 ) -> Iterator[torch.Tensor]:
-    """Up to `num_samples` images from `data` in batches, checked, on the model's device."""
+    """Up to `num_samples` inputs from `data` in batches of `batch_size` (the last may be
+    smaller), checked, on the model's device.
+
+    A tensor is split; an iterable of batches (or of (inputs, labels) pairs) of any sizes is
+    joined as it arrives and cut again, so the batches, and so the Fisher estimate, do not
+    depend on how the data came batched.
+    """
     device = next(model.parameters()).device
-    channels = expected_channels(model)
-    if isinstance(data, torch.Tensor):
-        data = data[:num_samples].split(batch_size)
+    pending: list[torch.Tensor] = []
+    for piece in _fisher_pieces(data, num_samples, model):
+        pending.append(piece)
+        if sum(len(p) for p in pending) < batch_size:
+            continue
+        joined = pending[0] if len(pending) == 1 else torch.cat(pending)
+        n_full = len(joined) // batch_size * batch_size
+        yield from (chunk.to(device) for chunk in joined[:n_full].split(batch_size))
+        pending = [joined[n_full:]] if n_full < len(joined) else []
+    if pending:
+        yield torch.cat(pending).to(device)
+
+
+def _fisher_pieces(data: FisherData, num_samples: int, model: nn.Module) -> Iterator[torch.Tensor]:
+    """The checked inputs of `data` as they arrive, cut off after `num_samples` in all."""
     remaining = num_samples
-    for batch in data:
+    for batch in [data] if isinstance(data, torch.Tensor) else data:
         images = batch[0] if isinstance(batch, tuple | list) else batch
-        images = check_images(images, channels, None)[:remaining]
-        if len(images):
-            yield images.to(device)
+        if isinstance(images, torch.Tensor) and images.ndim:
+            if len(images) == 0:
+                continue  # an empty batch adds nothing
+            images = images[:remaining]
+        yield check_fisher_batch(images, model)
         remaining -= len(images)
         if remaining <= 0:
             return
