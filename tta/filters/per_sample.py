@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call, grad, vmap
@@ -217,8 +218,8 @@ def constant_batch_statistics(model: nn.Module, x: torch.Tensor) -> Iterator[tor
 
 
 def _linear_rule(module: nn.Linear, inp: torch.Tensor, gy: torch.Tensor) -> dict:
-    a = inp.reshape(inp.shape[0], -1, inp.shape[-1])
-    gy = gy.reshape(gy.shape[0], -1, gy.shape[-1])
+    a = rearrange(inp, "b ... i -> b (...) i")  # any leading token dims, one axis t
+    gy = rearrange(gy, "b ... o -> b (...) o")
     grads = {"weight": torch.einsum("bto,bti->boi", gy, a)}
     if module.bias is not None:
         grads["bias"] = gy.sum(1)
@@ -238,12 +239,13 @@ def _conv_rule(module: nn.modules.conv._ConvNd, inp: torch.Tensor, gy: torch.Ten
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         inp, padding = F.pad(inp, module._reversed_padding_repeated_twice, mode=mode), (0,) * dims
     weight = module.weight.detach().repeat(b, *[1] * (dims + 1))
+    fold = "b c ... -> 1 (b c) ..."
     _, g, _ = torch.ops.aten.convolution_backward(
-        gy.reshape(1, -1, *gy.shape[2:]), inp.reshape(1, -1, *inp.shape[2:]), weight, None,
+        rearrange(gy, fold), rearrange(inp, fold), weight, None,
         module.stride, padding, module.dilation, False, [0] * dims, b * module.groups,
         [False, True, False],
     )  # fmt: skip
-    grads = {"weight": g.view(b, *module.weight.shape)}
+    grads = {"weight": rearrange(g, "(b o) ... -> b o ...", b=b)}
     if module.bias is not None:
         grads["bias"] = gy.flatten(2).sum(2)
     return grads

@@ -39,6 +39,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from tta.context import LossContext
 from tta.filters.entropy import check_margin, reliable
@@ -57,15 +58,12 @@ def patch_shuffle(x: torch.Tensor, patch_len: int = 4) -> torch.Tensor:
     resized = (grid_h, grid_w) != (height, width)
     if resized:
         x = F.interpolate(x, size=(grid_h, grid_w), mode="bilinear", antialias=True)
-    b, c = x.shape[:2]
-    h, w = grid_h // patch_len, grid_w // patch_len
-    n = patch_len * patch_len
-    patches = x.reshape(b, c, patch_len, h, patch_len, w).permute(0, 2, 4, 1, 3, 5)
-    patches = patches.reshape(b, n, c, h, w)
+    grid = {"ps1": patch_len, "ps2": patch_len}
+    patches = rearrange(x, "b c (ps1 h) (ps2 w) -> b (ps1 ps2) c h w", **grid)
+    b, n = patches.shape[:2]
     order = torch.argsort(torch.rand(b, n), dim=1).to(x.device)
     patches = patches[torch.arange(b, device=x.device).unsqueeze(1), order]
-    out = patches.reshape(b, patch_len, patch_len, c, h, w).permute(0, 3, 1, 4, 2, 5)
-    out = out.reshape(b, c, grid_h, grid_w)
+    out = rearrange(patches, "b (ps1 ps2) c h w -> b c (ps1 h) (ps2 w)", **grid)
     if resized:
         out = F.interpolate(out, size=(height, width), mode="bilinear", antialias=True)
     return out
