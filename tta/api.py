@@ -32,6 +32,23 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
+def describe_params(
+    model: nn.Module, spec: ParamSpec, trainable: list[tuple[str, nn.Parameter]]
+) -> str | list[str]:
+    """The trainable set as short as it reads: the spec's name, 'all', 'norm', or the names."""
+    if isinstance(spec, str):
+        return spec
+    names = [name for name, _ in trainable]
+    if names == [name for name, _ in model.named_parameters()]:
+        return "all"
+    try:
+        if names == [name for name, _ in select_parameters(model, "norm")]:
+            return "norm"
+    except ValueError:  # no norm layer
+        pass
+    return list(spec)
+
+
 def adapt(
     model: nn.Module,
     loss: str = "tent",
@@ -56,6 +73,9 @@ def adapt(
     default comes from the loss), `selector` which of those layers each step may update.
     Extra keyword arguments go to the loss. Pass `copy.deepcopy(model)` to keep the original.
     Arguments are checked before the model is touched, so a bad call leaves it as it was.
+    Any classifier works; `input_range` is the value range checked on every batch of an image
+    model (first layer a 2-D convolution or a patch embedding; None turns the check off).
+    `describe()` on the result gives every setting that ran, defaults included.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"tta.adapt expects a torch.nn.Module, got {type(model).__name__}")
@@ -98,6 +118,26 @@ def adapt(
         if trainable
         else None
     )
+    sgd = opt is not None and optimizer == "sgd"
+    settings = {
+        "loss": loss,
+        "loss_options": LOSSES.resolved_options(loss, loss_options),
+        "params": describe_params(model, params or loss_fn.params_for(model), trainable)
+        if loss_fn.adapts
+        else None,
+        "selector": selector,
+        "selector_options": LAYER_SELECTORS.resolved_options(selector, selector_options),
+        "sample_filter": sample_filter,
+        "sample_filter_options": SAMPLE_FILTERS.resolved_options(
+            sample_filter, sample_filter_options
+        )
+        if sample_filter
+        else {},
+        "optimizer": optimizer if opt is not None else None,
+        "lr": lr if opt is not None else None,
+        "momentum": momentum if sgd else None,
+        "weight_decay": weight_decay if opt is not None else None,
+    }
     return AdaptedModel(
         model,
         loss_fn,
@@ -108,4 +148,5 @@ def adapt(
         steps=steps,
         episodic=episodic,
         input_range=input_range,
+        settings=settings,
     )
