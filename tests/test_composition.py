@@ -4,6 +4,10 @@ The registries are iterated, so losses, selectors and filters registered later a
 without editing this file. A loss that needs extra data gets it (`source_data_option`); a
 selector that cannot run without options gets them from SELECTOR_OPTIONS. A combination may
 be refused, but only with a ValueError whose message is listed in REFUSED.
+
+Running is not enough: a loss that adapts must take steps that change its trainable weights
+(and nothing else), one that does not must leave every weight alone. Options below make the
+tiny random data pass each method's filters, so a skip is a failure, not a quiet pass.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ LOSS_OPTIONS = {
     "shot": {"threshold": 0.0},
     "deyo": {"margin": 1.0, "plpd_threshold": -1.0},
 }
-SELECTOR_OPTIONS = {"fixed": {"first": 1}}
+# auto-snr only collects gradients for its first `window - 1` steps (default 5 > 3 batches);
+# `normalize` always keeps the tensor of highest SNR (SHOT-IM's are all below 0.95 here).
+SELECTOR_OPTIONS = {"fixed": {"first": 1}, "auto-snr": {"window": 2, "normalize": True}}
 FILTER_OPTIONS = {"entropy": {"margin": 1.0}, "redundancy": {"d_margin": 1.5}}
 # (loss, selector or filter) -> a phrase the refusal's message must contain.
 REFUSED: dict[tuple[str, str], str] = {
@@ -61,6 +67,7 @@ def loss_options(name: str) -> dict:
 def run_three_steps(loss: str, refusal_key: tuple[str, str], **adapt_options) -> None:
     torch.manual_seed(0)
     model = make_tiny_net()
+    source = {name: p.detach().clone() for name, p in model.named_parameters()}
     x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     try:
         adapted = tta.adapt(model, loss=loss, **adapt_options, **loss_options(loss))
@@ -78,8 +85,19 @@ def run_three_steps(loss: str, refusal_key: tuple[str, str], **adapt_options) ->
             assert torch.isfinite(value).all(), name
     counters = adapted.counters
     assert counters.n_forward >= 3
-    if adapted.adapts:
+    assert adapted.adapts == adapted.loss.adapts, "an adapting loss got no optimizer or params"
+    trainable = {id(p) for p in adapted.loss_context.params}
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, source[name])}
+    frozen_changed = {
+        name for name, p in model.named_parameters() if name in changed and id(p) not in trainable
+    }
+    assert not frozen_changed, f"weights outside the trainable set changed: {frozen_changed}"
+    if adapted.loss.adapts:
+        assert counters.n_steps > 0, f"every step skipped: {counters}"
         assert counters.n_steps + counters.n_skipped >= 3
+        assert changed, f"{counters.n_steps} steps but no weight changed"
+    else:
+        assert counters.n_steps == counters.n_skipped == 0 and not changed
 
 
 @pytest.mark.parametrize(("loss", "selector"), cases(LAYER_SELECTORS.names()))
