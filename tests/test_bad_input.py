@@ -231,3 +231,9 @@ def test_an_mlp_on_flattened_images_and_a_token_model():
     adapted(torch.randint(0, 10, (4, 2)))
     with pytest.raises(TypeError, match=r"takes integer ids.*x.long\(\)"):
         adapted(torch.rand(4, 2))
+
+
+@pytest.mark.parametrize("loss", ["cotta", "deyo"])
+def test_image_only_losses_refuse_other_models_by_name(loss):
+    with pytest.raises(ValueError, match=rf"loss '{loss}' .*needs an image model.*takes features"):
+        tta.adapt(MLP(), loss=loss, params="all")

@@ -162,3 +162,15 @@ def _check_values(x: torch.Tensor, value_range: tuple[float, float] | None) -> N
             "tta models normalize inside the model, so pass unnormalized images "
             "(e.g. x / 255), or pass input_range=None if your model takes another range"
         )
+
+
+def require_images(model: nn.Module, needed_by: str, why: str) -> None:
+    """Refuse a non-image model for a method whose objective transforms images."""
+    kind = input_kind(model)
+    if not kind.images:
+        first = f"first layer {kind.layer}" if kind.layer else "model"
+        raise ValueError(
+            f"{needed_by} {why}, so it needs an image model (first layer a 2-D convolution or "
+            f"a patch embedding), but the {first} takes {kind.name} {kind.shape}; use a loss "
+            "that works on any classifier (e.g. tent, eta, sar, pl, shot)"
+        )

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.checks import require_images
 from tta.context import LossContext
 from tta.losses.base import Loss
 from tta.norm.batch import use_batch_statistics
@@ -179,6 +180,9 @@ class CoTTALoss(Loss):
         self.teacher: nn.Module | None = None
         self.anchor: nn.Module | None = None
         self._prediction: torch.Tensor | None = None
+
+    def check_model(self, model: nn.Module) -> None:
+        require_images(model, "loss 'cotta'", "averages predictions over image augmentations")
 
     def configure(self, model: nn.Module) -> None:
         model.eval()

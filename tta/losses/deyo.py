@@ -40,7 +40,9 @@ import math
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
+from tta.checks import require_images
 from tta.context import LossContext
 from tta.filters.entropy import check_margin, reliable
 from tta.functional import softmax_entropy
@@ -116,6 +118,9 @@ class DeYOLoss(TopLayersFrozenLoss):
         self.patch_len = patch_len
         self.reweight_ent = reweight_ent
         self.reweight_plpd = reweight_plpd
+
+    def check_model(self, model: nn.Module) -> None:
+        require_images(model, "loss 'deyo'", "shuffles image patches")
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         raise TypeError("loss 'deyo' needs the images (patch shuffling); it runs in tta.adapt")
