@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,18 +52,18 @@ def test_run_writes_table_json_csv_and_plot(trained, tmp_path, capsys, monkeypat
 
 def test_source_baseline_uses_the_unconfigured_model(trained, tmp_path, monkeypatch):
     """TENT switches BatchNorm to batch statistics in place; the baseline must not see that."""
-    import tta.cli
+    import tta.harness.run
 
     monkeypatch.setattr("tta.models.source.TrainConfig.epochs", 1)
     seen = []
-    original = tta.cli.source_errors
+    original = tta.harness.run.source_errors
 
     def spy(model, *args):
         bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         seen.append([bn.running_mean is not None for bn in bns])
         return original(model, *args)
 
-    monkeypatch.setattr(tta.cli, "source_errors", spy)
+    monkeypatch.setattr(tta.harness.run, "source_errors", spy)
     args = ["--loss", "tent", "--data-root", str(trained), "--out", str(tmp_path / "run"), *TINY]
     assert run_main(args) == 0
     assert seen and seen[0] and all(seen[0]), "the baseline's BatchNorm keeps running statistics"
@@ -81,6 +82,7 @@ def test_unknown_names_fail_with_the_known_ones(capsys):
 def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TTA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("tta.data.fmnist.DEBIAN_DIR", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
     assert run_main(["--data-root", str(tmp_path / "empty"), *TINY]) == 2
     assert "Fashion-MNIST not found" in capsys.readouterr().err
 
@@ -114,8 +116,20 @@ def test_seeds_and_named_domain_sets(trained, tmp_path, monkeypatch):
     args += ["--n-per-domain", "20", "--batch-size", "10", "--seeds", "0,1", "--no-source"]
     assert run_main(args) == 0
     summary = json.loads((out / "seeds.json").read_text())
-    assert summary["seeds"] == [0, 1] and summary["std_error"] >= 0
-    per_seed = json.loads((out / "seed1" / "results.json").read_text())
+    runs = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    means = [np.mean([d["error"] for d in r["per_domain"]]) for r in runs]
+    assert [r["mean_error"] for r in runs] == pytest.approx(means)
+    assert summary["seeds"] == [0, 1] and summary["finished_seeds"] == [0, 1]
+    assert summary["mean_error"] == pytest.approx(np.mean(means))
+    assert summary["std_error"] == pytest.approx(np.std(means))  # population std over seeds
+    assert summary["per_seed_mean_error"] == {
+        "0": pytest.approx(means[0]),
+        "1": pytest.approx(means[1]),
+    }
+    last = [r["per_domain"][3]["error"] for r in runs]
+    assert summary["per_domain"][3]["error"] == pytest.approx(np.mean(last))
+    assert summary["per_domain"][3]["std"] == pytest.approx(np.std(last))
+    per_seed = runs[1]
     assert [d["domain"] for d in per_seed["per_domain"]] == [
         "speckle_noise",
         "gaussian_blur",
@@ -128,3 +142,89 @@ def test_seeds_and_named_domain_sets(trained, tmp_path, monkeypatch):
 def test_bad_n_per_domain(capsys):
     assert run_main(["--n-per-domain", "many"]) == 2
     assert "--n-per-domain takes a positive integer or 'all'" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_apis():
+    """`tta-run` with no flags adapts as `tta.adapt(model)` does: one place for defaults."""
+    import inspect
+
+    import tta
+    from tta.cli import run_parser, to_config
+    from tta.harness.config import resolve
+
+    config = resolve(to_config(run_parser().parse_args([])))
+    api = inspect.signature(tta.adapt).parameters
+    for name in ("loss", "optimizer", "lr", "momentum", "steps", "selector"):
+        assert getattr(config, name) == api[name].default, name
+    assert config.selector == "all"
+
+
+def test_method_runs_the_papers_selection_and_says_when_changed(trained, tmp_path, capsys):
+    out = tmp_path / "tent"
+    args = ["--method", "tent", "--data-root", str(trained), "--no-source", *TINY]
+    assert run_main([*args, "--out", str(out)]) == 0
+    card = json.loads((out / "results.json").read_text())["protocol"]
+    assert card["selector"] == "all" and card["loss"] == "tent" and card["method"] == "tent"
+    assert "note:" not in capsys.readouterr().out
+    out = tmp_path / "tent-gala"
+    assert run_main([*args, "--selector", "gala", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: --method tent updates all layers in its paper; --selector gala" in printed
+    card = json.loads((out / "results.json").read_text())["protocol"]
+    assert card["selector"] == "gala"
+
+
+def test_params_takes_one_name(trained, tmp_path):
+    """`--params layer3` is a list of one name, as `--params layer2,layer3` is of two."""
+    out = tmp_path / "run"
+    args = ["--loss", "entropy", "--params", "layer3", "--data-root", str(trained)]
+    assert run_main([*args, "--out", str(out), "--no-source", *TINY]) == 0
+    card = json.loads((out / "results.json").read_text())["protocol"]
+    from tta.models.resnet import resnet20
+
+    layer3 = sum(p.numel() for p in resnet20().layer3.parameters())
+    assert card["params"] == ["layer3"] and card["n_trainable"] == layer3
+
+
+def test_explicit_data_root_that_does_not_exist_is_an_error(trained, tmp_path, capsys):
+    missing = tmp_path / "nonexistent" / "place"
+    assert run_main(["--data-root", str(missing), "--out", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err and "mkdir -p" in err
+    assert not missing.exists() and not (tmp_path / "run").exists()
+
+
+def test_card_records_where_the_data_was_read_and_generated(trained, tmp_path):
+    out = tmp_path / "run"
+    assert run_main(["--data-root", str(trained), "--out", str(out), "--no-source", *TINY]) == 0
+    card = json.loads((out / "results.json").read_text())["protocol"]
+    assert card["fashion_mnist_dir"] == str(trained / "fashion-mnist")
+    assert card["generated_dir"] == str(trained / "FMNIST-C" / "seed0")
+    assert (trained / "FMNIST-C" / "seed0" / "manifest.json").exists()
+
+
+def test_source_results_cache_is_keyed_on_data_and_version(trained, tmp_path, monkeypatch):
+    """A new tta version or other data files must not reuse the cached source errors."""
+    import shutil
+
+    import tta
+    import tta.harness.source_cache
+
+    runs = []
+    original = tta.harness.source_cache.run_stream
+    monkeypatch.setattr(
+        tta.harness.source_cache,
+        "run_stream",
+        lambda *a, **k: runs.append(1) or original(*a, **k),
+    )
+    args = ["--out", str(tmp_path / "run"), *TINY]
+    assert run_main(["--data-root", str(trained), *args]) == 0
+    assert run_main(["--data-root", str(trained), *args]) == 0
+    assert len(runs) == 1, "the same model, stream, data and version: cached"
+    other = tmp_path / "other-data"
+    shutil.copytree(trained / "fashion-mnist", other / "fashion-mnist")
+    assert run_main(["--data-root", str(other), *args]) == 0
+    assert len(runs) == 2, "other data files: not the cached numbers"
+    monkeypatch.setattr(tta, "__version__", "99.0")
+    assert run_main(["--data-root", str(trained), *args]) == 0
+    assert len(runs) == 3, "another tta version: not the cached numbers"

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tta.cli import resolve_args, run_main, run_parser, source_data
+from tta.cli import run_main, run_parser, to_config
+from tta.harness.config import resolve
+from tta.harness.setup import source_data
 from tta.presets import FAMILIES, PRESETS, Preset, family_of, methods, preset
 from tta.registry import LOSSES
 
@@ -16,7 +18,7 @@ ISSUE_4_METHODS = ["tent", "eta", "eata", "sar", "pl", "shot-im", "shot", "cotta
 
 
 def resolved(*argv: str):
-    return resolve_args(run_parser().parse_args(list(argv)))
+    return resolve(to_config(run_parser().parse_args(list(argv))))
 
 
 def test_without_method_the_defaults_are_unchanged():

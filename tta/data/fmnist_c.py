@@ -2,9 +2,11 @@
 
 Generated on demand with CIFAR-10-C strengths (the images are 32x32) and cached in the
 CIFAR-10-C layout under `<data-root>/FMNIST-C/`. Only the (corruption, severity, first n
-images) a run needs are generated; `manifest.json` records what exists, so an interrupted
-generation is simply redone. Every image has its own seed, so the bytes do not depend on
-how much was generated before or on the number of workers.
+images) a run needs are generated; `manifest.json` records what exists and is the only
+thing trusted: an interrupted generation (Ctrl-C) leaves its domain unrecorded, and it is
+redone; files of a corruption the manifest does not list are deleted and written afresh,
+and `labels.npy` is written to a temporary name and renamed. Every image has its own seed,
+so the bytes do not depend on how much was generated before or on the number of workers.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tta.data.base import Benchmark, Domain
-from tta.data.cifar_c_layout import create_files, read_domain
+from tta.data.cifar_c_layout import N_SEVERITIES, create_files, read_domain
 from tta.data.corruptions import ALL_CORRUPTIONS, corrupt
 from tta.data.fmnist import HOW_TO_GET, find_dir, load_fmnist
 from tta.paths import data_roots
@@ -61,6 +64,9 @@ class Manifest:
     def count(self, corruption: str, severity: int) -> int:
         return self.done.get(corruption, {}).get(str(severity), 0)
 
+    def lists(self, corruption: str) -> bool:
+        return bool(self.done.get(corruption))
+
     def record(self, corruption: str, severity: int, n: int) -> None:
         self.done.setdefault(corruption, {})[str(severity)] = n
         tmp = self.path.with_suffix(".tmp")
@@ -95,7 +101,7 @@ def ensure_generated(
     )
     try:
         for corruption, severity in missing:
-            array = create_files(root, corruption, clean.shape, labels)
+            array = _open_domain_file(root, manifest, corruption, clean.shape, labels)
             start = (severity - 1) * len(clean)
             jobs = [
                 (clean[i : min(i + CHUNK, n)], corruption, severity, seed, i)
@@ -111,8 +117,29 @@ def ensure_generated(
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    bar.close()
+        bar.close()
     return root
+
+
+def _open_domain_file(
+    root: Path, manifest: Manifest, corruption: str, shape: tuple[int, ...], labels: np.ndarray
+) -> np.memmap:
+    """`<corruption>.npy` for writing; leftovers of an interrupted generation are discarded.
+
+    Rows the manifest does not list are never read, so only files it lists nothing of are
+    deleted (they may be truncated); labels.npy is written whole or not at all.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    if not manifest.done:
+        (root / "labels.npy").unlink(missing_ok=True)
+    if not manifest.lists(corruption):
+        (root / f"{corruption}.npy").unlink(missing_ok=True)
+    labels_path = root / "labels.npy"
+    if not labels_path.exists():
+        tmp = root / "labels.tmp.npy"
+        np.save(tmp, np.tile(labels.astype(np.int64), N_SEVERITIES))
+        tmp.replace(labels_path)
+    return create_files(root, corruption, shape, labels)
 
 
 def load_domain(
@@ -130,11 +157,23 @@ class FashionMnistC(Benchmark):
 
     def __init__(self, data_root: str | None = None, download: bool = False) -> None:
         super().__init__("fmnist-c", 10, data_root=data_root)
+        self._generated: Path | None = None
         if download:  # fetch Fashion-MNIST now if it is nowhere on disk
             find_dir(data_root, download=True)
 
     def prepare(self, domains: list[Domain], n: int | None, seed: int) -> None:
-        ensure_generated(domains, n or FMNIST_TEST_SIZE, seed, self.data_root)
+        self._generated = ensure_generated(domains, n or FMNIST_TEST_SIZE, seed, self.data_root)
+
+    def describe(self) -> dict[str, Any]:
+        """Adds where the Fashion-MNIST files were read and where the corrupted data lives."""
+        info = super().describe()
+        try:
+            info["fashion_mnist_dir"] = str(find_dir(self.data_root))
+        except FileNotFoundError:
+            info["fashion_mnist_dir"] = None
+        generated = self._generated or data_roots(self.data_root)[0] / "FMNIST-C"
+        info["generated_dir"] = str(generated)
+        return info
 
     def load(
         self, corruption: str, severity: int, n: int | None, seed: int

@@ -6,12 +6,11 @@ the run followed the published protocol (model, images per domain, the 15 corrup
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tta.data.corruptions import STANDARD_CORRUPTIONS
 from tta.harness.published import SOURCES, Protocol
-from tta.harness.results import versions
+from tta.harness.results import dump_json, versions
 from tta.harness.stream import StreamSpec
 
 
@@ -124,5 +123,5 @@ def write_comparison(
         "sources": SOURCES,
         "versions": versions(),
     }
-    (out_dir / "comparison.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out_dir / "comparison.json").write_text(dump_json(payload))
     return markdown

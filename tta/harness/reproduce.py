@@ -1,34 +1,36 @@
 """Run a published protocol (`tta.harness.published`) with tta and compare with the literature.
 
-The scripts in `benchmarks/` are one call to `main`. The run uses the library only: the
-benchmark's loader, `tta.models.zoo.model_for_benchmark`, `tta.adapt` with each method's
-preset (`tta.presets`) and `tta.harness.stream.run_stream`. Data files, the model checkpoint and the
-class count are all checked before the first method runs. Output: `<out>/comparison.md` and
-`<out>/comparison.json` (ours vs published, mean and per corruption, with sources), on the
-GPU when there is one.
+The scripts in `benchmarks/` are one call to `main`. Each method is one `RunConfig` (its
+preset from `tta.presets`, the protocol's stream) run by `tta.harness.run.run`, the path
+`tta-run` takes; the benchmark and model are loaded once and shared. Data files, the model
+checkpoint and the class count are all checked before the first method runs. Output:
+`<out>/comparison.md` and `<out>/comparison.json` (ours vs published, mean and per
+corruption, with sources), on the GPU when there is one.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-import tta
-from tta.data.corruptions import STANDARD_CORRUPTIONS
+from tta.data.base import Benchmark
+from tta.data.benchmarks import BENCHMARKS
 from tta.harness.comparison import differences, write_comparison
+from tta.harness.config import RunConfig, resolve
 from tta.harness.published import Protocol, protocol
-from tta.harness.stream import StreamSpec, peak_memory_mb, run_stream, to_batch
-from tta.registry import LOSSES
+from tta.harness.run import run
+from tta.harness.setup import build_model, build_spec, pick_device
+from tta.presets import methods as methods_with_presets
+from tta.registry import LAYER_SELECTORS, LOSSES
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError)
-FALLBACK = {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "params": None, "options": {}}
 
 
 def parse_method(method: str) -> tuple[str, str]:
@@ -37,68 +39,37 @@ def parse_method(method: str) -> tuple[str, str]:
     return loss, selector or "all"
 
 
-def method_settings(loss: str, benchmark: str, batch_size: int) -> dict:
-    """Optimizer, lr, momentum, params and loss options of `loss` from its preset."""
-    from tta.presets import PRESETS, family_of, preset
-
-    family = family_of(benchmark)
-    if (loss, family) not in PRESETS:  # source, norm: nothing to optimize
-        return dict(FALLBACK)
-    found = preset(loss, family, benchmark)
-    return {
-        "optimizer": found.optimizer,
-        "lr": found.lr_for(batch_size),
-        "momentum": found.momentum,
-        "params": found.params,
-        "options": dict(found.options),
-    }
-
-
-def source_batches(loss: str, options: dict, benchmark, batch_size: int, seed: int, device):
-    """Clean source images for a loss that asks for them (EATA's Fisher), else {}."""
-    factory = LOSSES.get(loss)
-    option = getattr(factory, "source_data_option", None)
-    if option is None or option in options:
-        return {}
-    n = int(options.get("num_samples", getattr(factory, "default_num_samples", 2000)))
-    images, _ = benchmark.source_samples(n, seed)
-    starts = range(0, len(images), batch_size)
-    return {option: (to_batch(images[i : i + batch_size], device) for i in starts)}
+def method_config(base: RunConfig, method: str) -> RunConfig:
+    """`base` running `method` ('loss[+selector]'): its preset when it has one."""
+    loss, selector = parse_method(method)
+    if loss in methods_with_presets():
+        return replace(base, method=loss, selector=selector)
+    return replace(base, loss=loss, selector=selector)  # source, norm: nothing to optimize
 
 
 def run_method(
-    model: nn.Module, method: str, spec: StreamSpec, benchmark, device: torch.device
+    base: RunConfig, method: str, benchmark: Benchmark, model: tuple[nn.Module, dict]
 ) -> dict:
-    """One method over the stream, on a fresh copy of the source model."""
-    loss, selector = parse_method(method)
-    settings = method_settings(loss, spec.benchmark, spec.batch_size)
-    options = settings["options"]
-    extra = source_batches(loss, options, benchmark, spec.batch_size, spec.seed, device)
-    torch.manual_seed(spec.seed)
-    adapted = tta.adapt(
-        copy.deepcopy(model),
-        loss=loss,
-        selector=selector,
-        params=settings["params"],
-        optimizer=settings["optimizer"],
-        lr=settings["lr"],
-        momentum=settings["momentum"],
-        **options,
-        **extra,
-    )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    result = run_stream(adapted, spec, benchmark, device, desc=method)
+    """One method over the stream, on a copy of the source model."""
+    result = run(method_config(base, method), benchmark=benchmark, model=model)
+    config = result.config
     return {
         "method": method,
-        "settings": settings,
+        "settings": {
+            "optimizer": config.optimizer,
+            "lr": config.lr,
+            "momentum": config.momentum,
+            "params": config.params,
+            "options": config.loss_options,
+        },
         "per_domain": result.per_domain,
         "mean_error": result.mean_error,
-        "time_s": result.time_s,
-        "images_per_s": result.n_images / result.time_s if result.time_s else 0.0,
-        "peak_memory_mb": peak_memory_mb(device),
+        "time_s": result.adapted.time_s,
+        "images_per_s": result.results()["images_per_s"],
+        "peak_memory_mb": result.peak_memory_mb,
         "counters": result.counters,
         "interrupted": result.interrupted,
+        "stage": result.stage,
     }
 
 
@@ -129,15 +100,7 @@ def parser(proto: Protocol) -> argparse.ArgumentParser:
     return p
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_benchmark(name: str, data_root: str | None, download: bool):
-    from tta.data.benchmarks import BENCHMARKS
-
+def load_benchmark(name: str, data_root: str | None, download: bool) -> Benchmark:
     if name not in BENCHMARKS:
         raise RuntimeError(
             f"this tta has no {name!r} benchmark loader (known: {', '.join(BENCHMARKS.names())})"
@@ -147,27 +110,26 @@ def load_benchmark(name: str, data_root: str | None, download: bool):
 
 def reproduce(
     proto: Protocol,
-    model: nn.Module,
-    model_info: dict,
-    benchmark,
-    spec: StreamSpec,
+    base: RunConfig,
     methods: list[str],
-    device: torch.device,
     out_dir: Path,
+    benchmark: Benchmark,
+    model: tuple[nn.Module, dict],
 ) -> str:
-    """Run `methods` over the stream and write the comparison; returns its markdown."""
-    model = model.to(device)
-    card = {**spec.card(), **model_info, "device": str(device)}
-    if hasattr(benchmark, "describe"):
-        described = benchmark.describe().items()
-        card.update({k if k.startswith("data") else f"data_{k}": v for k, v in described})
-    notes = differences(proto, spec, model_info.get("model", proto.model))
+    """Run `methods` with the stream of `base` and write the comparison; returns its markdown."""
+    spec = build_spec(resolve(base), benchmark)
+    info = model[1]
+    card = {**spec.card(), **info, "device": str(pick_device(base.device))}
+    described = benchmark.describe().items()
+    card.update({k if k.startswith("data") else f"data_{k}": v for k, v in described})
+    notes = differences(proto, spec, info.get("model", proto.model))
     ours: dict[str, dict] = {}
     for method in methods:
-        ours[method] = run_method(model, method, spec, benchmark, device)
-        print(f"{method}: {ours[method]['mean_error']:.2f}% mean error", flush=True)
+        ours[method] = run_method(base, method, benchmark, model)
+        mean = ours[method]["mean_error"]
+        print(f"{method}: {'-' if mean is None else f'{mean:.2f}'}% mean error", flush=True)
         if ours[method]["interrupted"]:
-            notes.append(f"interrupted during {method}")
+            notes.append(f"interrupted during {method} ({ours[method]['stage']})")
             break
     return write_comparison(out_dir, proto, card, ours, notes)
 
@@ -177,37 +139,39 @@ def main(name: str, argv: list[str] | None = None) -> int:
     proto = protocol(name)
     args = parser(proto).parse_args(argv)
     try:
-        from tta.models.zoo import model_for_benchmark
-
         methods = [m for m in args.methods.split(",") if m]
         for method in methods:
             loss, selector = parse_method(method)
             LOSSES.get(loss)
-            tta.LAYER_SELECTORS.get(selector)
-        corruptions = (
-            tuple(args.corruptions.split(",")) if args.corruptions else STANDARD_CORRUPTIONS
-        )
-        spec = StreamSpec(
+            LAYER_SELECTORS.get(selector)
+        base = RunConfig(
             benchmark=proto.benchmark,
-            corruptions=corruptions,
+            corruptions=tuple(args.corruptions.split(",")) if args.corruptions else "standard",
             severity=proto.severity,
             setting=proto.setting,
             batch_size=proto.batch_size,
             n_per_domain=args.n_per_domain,
             seed=args.seed,
+            model=args.model,
+            model_dir=args.model_dir,
+            data_root=args.data_root,
+            download=args.download,
+            device=args.device,
+            no_source=True,  # the source model is a method of its own here
         )
         device = pick_device(args.device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         benchmark = load_benchmark(proto.benchmark, args.data_root, args.download)
+        spec = build_spec(resolve(base), benchmark)
         benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)
-        model, info = model_for_benchmark(args.model, benchmark, args.model_dir)
+        model, info = build_model(base, benchmark)
         print(f"{proto.title}\nmodel: {json.dumps(info)}\ndevice: {device}", flush=True)
         if args.check:
             print("data and model check out; --check stops here")
             return 0
         out_dir = Path(args.out or f"runs/{proto.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        markdown = reproduce(proto, model, info, benchmark, spec, methods, device, out_dir)
+        markdown = reproduce(proto, base, methods, out_dir, benchmark, (model, info))
     except USER_ERRORS as error:
         print(f"{proto.name}: error: {error}", file=sys.stderr)
         return 2

@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 from pathlib import Path
 
 import numpy as np
+
+
+def without_nan(value: object) -> object:
+    """NaN and infinities -> None, in nested dicts, lists and tuples (JSON has no NaN)."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nan(item) for item in value]
+    return value
+
+
+def dump_json(value: object) -> str:
+    """Strict JSON: NaN becomes null, anything unknown its str()."""
+    return json.dumps(without_nan(value), indent=2, default=str, allow_nan=False)
+
+
+def mean_or_none(per_domain: list[dict]) -> float | None:
+    """Mean error over domains; None (not NaN) when no domain finished."""
+    return float(np.mean([d["error"] for d in per_domain])) if per_domain else None
 
 
 def versions() -> dict[str, str]:
@@ -38,10 +60,11 @@ def format_table(per_domain: list[dict], source: list[dict] | None, label: str) 
         lines.append(
             f"{d['domain']:<20}{d['severity'] or '-':>4}{d['n']:>7}{src_text}{d['error']:>{width}.2f}"
         )
-    mean = np.mean([d["error"] for d in per_domain]) if per_domain else float("nan")
+    mean = mean_or_none(per_domain)
     known = [s for s in matched if s is not None]
     src_mean = f"{np.mean(known):10.2f}" if known else f"{'-':>10}"
-    lines.append(f"{'mean':<31}{src_mean}{mean:>{width}.2f}")
+    mean_text = f"{mean:>{width}.2f}" if mean is not None else f"{'-':>{width}}"
+    lines.append(f"{'mean':<31}{src_mean}{mean_text}")
     return "\n".join(lines)
 
 
@@ -76,9 +99,12 @@ def plot_errors(per_domain: list[dict], source: list[dict] | None, label: str, p
 
 
 def write_results(out_dir: Path, results: dict, label: str) -> None:
-    """results.json (everything), results.csv (per domain) and errors.png."""
+    """results.json (everything, strict JSON), results.csv (per domain) and errors.png.
+
+    The chart is skipped when no domain finished (an early interrupt).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out_dir / "results.json").write_text(dump_json(results))
     source = {
         (d["domain"], d["severity"]): d["error"] for d in results.get("source_per_domain", [])
     }

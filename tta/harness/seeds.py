@@ -1,44 +1,61 @@
-"""Run one protocol under several seeds and report mean and standard deviation.
+"""Run one configuration under several seeds and report mean and standard deviation.
 
-Each seed gets a fresh adapted model (`make_adapted(seed)`, called after
-`torch.manual_seed(seed)`) and the stream of `replace(spec, seed=seed)`: the seed changes the
-image order (and, for generated benchmarks such as fmnist-c, the corruption noise). The
-standard deviation is numpy's default, the population std (ddof=0), over seeds.
+Each seed is one `tta.harness.run.run` of the same config with `seed` replaced: the seed
+changes the image order (and, for generated benchmarks such as fmnist-c, the corruption
+noise) and the torch seed of the run. The standard deviation is numpy's default, the
+population std (ddof=0), over seeds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
-import torch
+from torch import nn
 
 from tta.data.base import Benchmark
-from tta.engine import AdaptedModel
-from tta.harness.stream import StreamResult, StreamSpec, run_stream
+from tta.harness.config import RunConfig
+from tta.harness.results import mean_or_none
+from tta.harness.run import Echo, run_and_save
+from tta.harness.stream import StreamResult
 
 
 def run_seeds(
-    make_adapted: Callable[[int], AdaptedModel],
-    spec: StreamSpec,
-    benchmark: Benchmark,
+    config: RunConfig,
     seeds: Sequence[int],
-    device: torch.device | str = "cpu",
+    out_dir: Path,
+    *,
+    benchmark: Benchmark | None = None,
+    model: tuple[nn.Module, dict] | None = None,
+    echo: Echo = print,
 ) -> dict:
-    """`run_stream` once per seed, then `aggregate`; stops at the first interrupted seed."""
+    """One run per seed, saved in `<out_dir>/seed<N>/`, then `aggregate` over the seeds.
+
+    Stops at the first interrupted seed; the summary then covers the seeds that finished
+    (`finished_seeds`) and names the one interrupted.
+    """
     if not seeds:
-        raise ValueError("give at least one seed")
-    results: dict[int, StreamResult] = {}
+        raise ValueError("give at least one seed, e.g. --seeds 0,1,2")
+    finished: dict[int, StreamResult] = {}
+    interrupted = None
     for seed in seeds:
-        torch.manual_seed(seed)
-        adapted = make_adapted(seed)
-        results[seed] = run_stream(
-            adapted, replace(spec, seed=seed), benchmark, device, f"seed {seed}"
+        seed_config = replace(config, seed=seed)
+        result = run_and_save(
+            seed_config, Path(out_dir) / f"seed{seed}", benchmark=benchmark, model=model, echo=echo
         )
-        if results[seed].interrupted:
+        if result.interrupted:
+            interrupted = seed
             break
-    return aggregate(results)
+        finished[seed] = result.adapted
+    return {
+        **aggregate(finished),
+        "seeds": list(seeds),
+        "finished_seeds": list(finished),
+        "interrupted": interrupted is not None,
+        "interrupted_seed": interrupted,
+    }
 
 
 def aggregate(results: dict[int, StreamResult]) -> dict:
@@ -72,9 +89,9 @@ def aggregate(results: dict[int, StreamResult]) -> dict:
     means = [r.mean_error for r in results.values() if r.per_domain]
     return {
         "seeds": list(results),
-        "mean_error": float(np.mean(means)) if means else float("nan"),
-        "std_error": float(np.std(means)) if means else float("nan"),
-        "per_seed_mean_error": {seed: r.mean_error for seed, r in results.items()},
+        "mean_error": float(np.mean(means)) if means else None,
+        "std_error": float(np.std(means)) if means else None,
+        "per_seed_mean_error": {seed: mean_or_none(r.per_domain) for seed, r in results.items()},
         "per_domain": domains,
         "interrupted": any(r.interrupted for r in results.values()),
         "time_s": sum(r.time_s for r in results.values()),

@@ -1,0 +1,242 @@
+"""One run: a `RunConfig` in, a `RunResult` out, and `save` to write it.
+
+The command line, the reproduction scripts and multi-seed runs all go through `run`. A
+Ctrl-C at any stage (model, data generation, method setup, the source baseline, adaptation)
+stops the run: `stage` says where, `finished_domains` which domains have both numbers, and
+every mean is over those same domains, source and adapted alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tta.data.base import Benchmark
+from tta.harness.config import RunConfig, check_names, method_notes, resolve
+from tta.harness.results import format_card, format_table, mean_or_none, versions, write_results
+from tta.harness.setup import (
+    build_adapted,
+    build_benchmark,
+    build_model,
+    build_spec,
+    method_card,
+    pick_device,
+)
+from tta.harness.source_cache import source_errors
+from tta.harness.stream import StreamResult, StreamSpec, peak_memory_mb, run_stream
+from tta.harness.trace import write_trace
+from tta.paths import data_roots
+
+# Where a run can stop, in order; "finished" means it ran to the end.
+STAGES = ("model", "data", "method", "source", "adapt", "finished")
+
+
+@dataclass
+class RunResult:
+    """What a run produced; `per_domain` and the means cover `finished_domains` only."""
+
+    config: RunConfig
+    stage: str = "model"
+    card: dict = field(default_factory=dict)
+    method: dict = field(default_factory=dict)  # the method part of the card
+    spec: StreamSpec | None = None
+    adapted: StreamResult = field(default_factory=StreamResult)
+    source: StreamResult | None = None
+    counters: dict = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    loss_stats: dict = field(default_factory=dict)
+    sample_filter_stats: dict = field(default_factory=dict)
+    trace: dict = field(default_factory=dict)
+    layer_names: list[str] = field(default_factory=list)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stage != "finished"
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.loss}+{self.config.selector}"
+
+    @property
+    def n_finished(self) -> int:
+        """Domains finished by the adapted pass and by the source pass (when there is one)."""
+        n = len(self.adapted.per_domain)
+        return min(n, len(self.source.per_domain)) if self.source is not None else n
+
+    @property
+    def per_domain(self) -> list[dict]:
+        return self.adapted.per_domain[: self.n_finished]
+
+    @property
+    def source_per_domain(self) -> list[dict]:
+        return self.source.per_domain[: self.n_finished] if self.source is not None else []
+
+    @property
+    def mean_error(self) -> float | None:
+        return mean_or_none(self.per_domain)
+
+    def results(self) -> dict:
+        """The results.json payload (the selector's trace summary is added by `save`)."""
+        adapted = self.adapted
+        return {
+            "protocol": self.card,
+            "stage": self.stage,
+            "interrupted": self.interrupted,
+            "finished_domains": [
+                {"domain": d["domain"], "severity": d["severity"]} for d in self.per_domain
+            ],
+            "n_domains": len(self.spec.domains()) if self.spec else None,
+            "per_domain": self.per_domain,
+            "mean_error": self.mean_error,
+            "source_per_domain": self.source_per_domain,
+            "source_mean_error": mean_or_none(self.source_per_domain) if self.source else None,
+            "time_s": adapted.time_s,
+            "images_per_s": adapted.n_images / adapted.time_s if adapted.time_s else 0.0,
+            "peak_memory_mb": self.peak_memory_mb,
+            **self.counters,
+            "selector": None,
+            "loss_stats": self.loss_stats,
+            "sample_filter_stats": self.sample_filter_stats,
+            "versions": versions(),
+            "seed": self.config.seed,
+        }
+
+
+Echo = Callable[[str], None]
+
+
+def run(
+    config: RunConfig,
+    *,
+    benchmark: Benchmark | None = None,
+    model: tuple[nn.Module, dict] | None = None,
+    echo: Echo = print,
+) -> RunResult:
+    """Resolve `config`, build the run and stream it: source baseline, then adaptation.
+
+    `benchmark` and `model` (a module and its card info; copied, never changed) replace the
+    ones the config names, so a caller can load them once for several runs. Options are
+    checked (ValueError) before anything is built; a Ctrl-C returns the partial result.
+    """
+    config = resolve(config)
+    for note in method_notes(config):
+        echo(note)
+    check_names(config)
+    data_roots(config.data_root)  # an explicit data root that does not exist fails here
+    device = pick_device(config.device)
+    result = RunResult(config)
+    try:
+        _execute(result, benchmark, model, device, echo)
+    except KeyboardInterrupt:
+        pass  # result.stage says where it stopped
+    return result
+
+
+def _execute(
+    result: RunResult,
+    benchmark: Benchmark | None,
+    model: tuple[nn.Module, dict] | None,
+    device: torch.device,
+    echo: Echo,
+) -> None:
+    config = result.config
+    benchmark = benchmark or build_benchmark(config)
+    spec = result.spec = build_spec(config, benchmark)
+    torch.manual_seed(config.seed)
+    net, info = build_model(config, benchmark) if model is None else copy.deepcopy(model)
+    net = net.to(device)
+    result.card = {**spec.card(), **info, "device": str(device)}
+    source_model = None if config.no_source else copy.deepcopy(net)  # before adapt changes it
+    result.stage = "data"
+    benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)
+    result.stage = "method"
+    adapted = build_adapted(config, net, benchmark, device)
+    result.method = method_card(config, adapted)
+    result.card = {**spec.card(), **benchmark.describe(), **result.method, **info}
+    result.card["device"] = str(device)
+    result.layer_names = [layer.name for layer in adapted.layers]
+    result.counters = adapted.counters.as_dict()
+    echo("protocol card:\n" + format_card(result.card))
+    if source_model is not None:
+        result.stage = "source"
+        result.source = source_errors(source_model, spec, benchmark, info, device)
+        if result.source.interrupted:
+            return
+    result.stage = "adapt"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result.adapted = run_stream(adapted, spec, benchmark, device, desc=result.label)
+    result.counters = result.adapted.counters
+    result.peak_memory_mb = peak_memory_mb(device)
+    result.trace = adapted.selector.trace() or {}
+    result.loss_stats = adapted.loss.stats()
+    result.sample_filter_stats = adapted.sample_filter.stats() if adapted.sample_filter else {}
+    if not result.adapted.interrupted:
+        result.stage = "finished"
+
+
+def output_dir(config: RunConfig) -> Path:
+    """`config.out`, else runs/<time>-<loss>-<selector>."""
+    return Path(
+        config.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.loss}-{config.selector}"
+    )
+
+
+def save(result: RunResult, out_dir: Path) -> dict:
+    """results.json, results.csv, errors.png and the selector trace; returns the payload.
+
+    Plots are skipped when no domain finished.
+    """
+    payload = result.results()
+    if result.trace and result.per_domain:
+        payload["selector"] = write_trace(
+            out_dir,
+            result.trace,
+            result.layer_names,
+            result.adapted.domain_starts,
+            [d["domain"] for d in result.adapted.per_domain],
+        )
+    write_results(out_dir, payload, result.label)
+    return payload
+
+
+def report(result: RunResult, out_dir: Path) -> str:
+    """The per-domain table, the work done, and what finished when interrupted."""
+    adapted, counters = result.adapted, result.counters
+    speed = adapted.n_images / adapted.time_s if adapted.time_s else 0.0
+    lines = [format_table(result.per_domain, result.source_per_domain, result.label)]
+    if counters:
+        lines.append(
+            f"{adapted.n_images} images in {adapted.time_s:.1f} s ({speed:.0f} img/s); "
+            f"forward {counters['n_forward']}, backward {counters['n_backward']}, "
+            f"skipped {counters['n_skipped']}; results in {out_dir}/"
+        )
+    if result.interrupted:
+        total = len(result.spec.domains()) if result.spec else "?"
+        lines.append(
+            f"interrupted during {result.stage}: {result.n_finished} of {total} domain(s) "
+            f"finished; their results are written to {out_dir}/"
+        )
+    return "\n".join(lines)
+
+
+def run_and_save(
+    config: RunConfig,
+    out_dir: Path | None = None,
+    *,
+    benchmark: Benchmark | None = None,
+    model: tuple[nn.Module, dict] | None = None,
+    echo: Echo = print,
+) -> RunResult:
+    """`run`, `save` (in `out_dir`, default `output_dir`) and echo the `report`."""
+    result = run(config, benchmark=benchmark, model=model, echo=echo)
+    out_dir = out_dir or output_dir(result.config)
+    save(result, out_dir)
+    echo(report(result, out_dir))
+    return result
