@@ -12,9 +12,9 @@ from conftest import TinyNet
 
 from tta.data.base import Benchmark
 from tta.harness.comparison import comparison_rows
+from tta.harness.config import RunConfig
 from tta.harness.published import PROTOCOLS, Protocol, Published, protocol
-from tta.harness.reproduce import main, parse_method, reproduce
-from tta.harness.stream import StreamSpec
+from tta.harness.reproduce import main, method_config, parse_method, reproduce
 
 
 class MemoryBenchmark(Benchmark):
@@ -45,26 +45,36 @@ def test_parse_method():
     assert parse_method("pl+gala") == ("pl", "gala")
 
 
-def test_reproduce_runs_methods_and_writes_the_comparison(tmp_path):
+def test_method_config_takes_the_preset_when_there_is_one():
+    base = RunConfig(benchmark="cifar10-c", batch_size=200)
+    assert method_config(base, "pl+gala") == RunConfig(
+        benchmark="cifar10-c", batch_size=200, method="pl", selector="gala"
+    )
+    assert method_config(base, "norm") == RunConfig(
+        benchmark="cifar10-c", batch_size=200, loss="norm", selector="all"
+    )
+
+
+def test_reproduce_runs_methods_and_writes_the_comparison(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TTA_QUIET", "1")
     torch.manual_seed(0)
     proto = protocol("cifar10c-continual")
-    spec = StreamSpec(
+    base = RunConfig(
         benchmark="cifar10-c",
         corruptions=("gaussian_noise", "fog"),
         batch_size=20,
         n_per_domain=40,
+        device="cpu",
+        no_source=True,
     )
+    model = TinyNet(num_classes=10).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     info = {"model": "tiny", "num_classes": 10}
     markdown = reproduce(
-        proto,
-        TinyNet(num_classes=10).eval(),
-        info,
-        MemoryBenchmark(),
-        spec,
-        ["source", "norm", "tent"],
-        torch.device("cpu"),
-        tmp_path,
+        proto, base, ["source", "norm", "tent"], tmp_path, MemoryBenchmark(), (model, info)
     )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "tent: " in capsys.readouterr().out
     payload = json.loads((tmp_path / "comparison.json").read_text())
     assert (tmp_path / "comparison.md").read_text() == markdown
     assert not payload["comparable"]

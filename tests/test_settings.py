@@ -3,6 +3,7 @@ domain orders, held-out set, batch size 1 with windowed BatchNorm, several seeds
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import nn
 import tta
 from tta.data.base import Benchmark
 from tta.data.corruptions import HELDOUT_CORRUPTIONS, STANDARD_CORRUPTIONS
+from tta.harness.config import RunConfig
 from tta.harness.order import dirichlet_order, same_label_run_length
 from tta.harness.seeds import run_seeds
 from tta.harness.stream import GRADUAL_SEVERITIES, StreamSpec, run_stream
@@ -210,14 +212,27 @@ def test_tent_at_batch_size_1_with_a_bn_window():
         tta.adapt(make_tiny_net(), loss="tent", bn_window=0)
 
 
-def test_several_seeds_report_mean_and_std():
+def test_several_seeds_report_mean_and_std(tmp_path, monkeypatch):
+    """`run_seeds` runs the harness's one path per seed: the same as adapting by hand."""
+    monkeypatch.setenv("TTA_QUIET", "1")
     bench = IndexedBenchmark()
+    config = RunConfig(
+        benchmark="indexed",
+        corruptions=("a", "b"),
+        batch_size=8,
+        n_per_domain=N,
+        lr=1e-2,
+        device="cpu",
+        no_source=True,
+    )
     spec = StreamSpec(benchmark="indexed", corruptions=("a", "b"), batch_size=8, n_per_domain=N)
+    model = make_tiny_net(0)
+    summary = run_seeds(config, [0, 1, 2], tmp_path, benchmark=bench, model=(model, {}))
 
     def make(seed):
-        return tta.adapt(make_tiny_net(seed), loss="tent", lr=1e-2)
+        torch.manual_seed(seed)
+        return tta.adapt(copy.deepcopy(model), loss="tent", lr=1e-2)
 
-    summary = run_seeds(make, spec, bench, seeds=[0, 1, 2])
     singles = [run_stream(make(s), replace(spec, seed=s), bench) for s in (0, 1, 2)]
     means = [r.mean_error for r in singles]
     assert summary["seeds"] == [0, 1, 2]

@@ -102,7 +102,8 @@ def _apply_preset(config: RunConfig) -> RunConfig:
             f"--method {config.method} sets the loss to {config.method!r}, but --loss "
             f"{config.loss} was given; pass one of them"
         )
-    BENCHMARKS.get(config.benchmark)  # an unknown name says so before any family lookup
+    if config.preset_family is None:
+        BENCHMARKS.get(config.benchmark)  # an unknown name says so before the family lookup
     family = config.preset_family or family_of(config.benchmark)
     found = preset(config.method, family, config.benchmark)
     filled = {
@@ -146,10 +147,14 @@ def method_notes(config: RunConfig) -> list[str]:
     ]
 
 
-def check_names(config: RunConfig) -> None:
-    """Fail on unknown names before any model is trained or data generated."""
+def check_names(config: RunConfig, registered_benchmark: bool = True) -> None:
+    """Fail on unknown names before any model is trained or data generated.
+
+    `registered_benchmark=False` skips the benchmark name (a caller passes its own instance).
+    """
     LOSSES.get(config.loss)
     LAYER_SELECTORS.get(config.selector)
-    BENCHMARKS.get(config.benchmark)
+    if registered_benchmark:
+        BENCHMARKS.get(config.benchmark)
     if config.sample_filter:
         SAMPLE_FILTERS.get(config.sample_filter)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -124,10 +124,12 @@ def run(
     ones the config names, so a caller can load them once for several runs. Options are
     checked (ValueError) before anything is built; a Ctrl-C returns the partial result.
     """
+    if benchmark is not None:
+        config = replace(config, benchmark=benchmark.name)
     config = resolve(config)
     for note in method_notes(config):
         echo(note)
-    check_names(config)
+    check_names(config, registered_benchmark=benchmark is None)
     data_roots(config.data_root)  # an explicit data root that does not exist fails here
     device = pick_device(config.device)
     result = RunResult(config)
