@@ -12,8 +12,11 @@ from tta.checks import input_kind
 
 
 def test_tent_on_a_model_without_batchnorm_says_so():
-    with pytest.raises(ValueError, match="needs BatchNorm layers"):
+    with pytest.raises(ValueError, match="loss 'tent' runs with its default norm='batch' needs"):
         tta.adapt(NoNormNet(), loss="tent")
+    with pytest.raises(ValueError, match="use norm='source'"):
+        tta.adapt(NoNormNet(), loss="entropy", params="all", norm="ema")
+    tta.adapt(NoNormNet(), loss="tent", params="all", norm="source")(torch.rand(2, 3, 5, 5))
 
 
 def test_norm_params_on_a_model_without_norm_layers():

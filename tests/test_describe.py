@@ -24,6 +24,8 @@ GALA_DEFAULTS = {
 KEYS = {
     "loss",
     "loss_options",
+    "norm",
+    "norm_options",
     "params",
     "n_trainable",
     "selector",
@@ -43,7 +45,8 @@ KEYS = {
     [
         ({"loss": "eta", "d_margn": 0.1}, r"unknown option\(s\) 'd_margn' for loss 'eta'; "),
         ({"loss": "eta", "d_margn": 0.1}, r"valid options: e_margin, d_margin$"),
-        ({"loss": "tent", "lr_": 1}, r"'lr_' for loss 'tent'; valid options: bn_window$"),
+        ({"loss": "tent", "lr_": 1}, r"for loss 'tent'; it takes no options$"),
+        ({"loss": "sar", "rh": 1}, r"'rh' for loss 'sar'; valid options: margin, rho, "),
         ({"loss": "entropy", "margin": 1}, r"for loss 'entropy'; it takes no options$"),
         (
             {"selector": "gala", "selector_options": {"treshold": 0.5}},
@@ -80,9 +83,10 @@ def test_describe_records_the_defaults_that_ran(tiny_net):
     assert card["selector_options"] == GALA_DEFAULTS
     assert (card["loss"], card["loss_options"], card["params"]) == (
         "tent",
-        {"bn_window": None},
+        {},
         "norm",
     )
+    assert (card["norm"], card["norm_options"]) == ("batch", {})
     assert card["n_trainable"] == 2 * 6 + 2 * 8  # bn1 and bn2 weight and bias
     assert (card["optimizer"], card["lr"], card["momentum"]) == ("adam", 1e-3, None)
     assert (card["steps"], card["episodic"]) == (1, False)

@@ -192,10 +192,10 @@ def test_window_norm_normalizes_with_the_last_w_samples():
     assert torch.allclose(fresh(batch), plain, atol=1e-5), "empty window: batch statistics"
 
 
-def test_tent_at_batch_size_1_with_a_bn_window():
+def test_tent_at_batch_size_1_with_a_window_norm():
     model = make_tiny_net()
     names = [n for n, _ in model.named_parameters()]
-    adapted = tta.adapt(model, loss="tent", bn_window=4, lr=1e-3)
+    adapted = tta.adapt(model, loss="tent", norm="window", norm_options={"window": 4}, lr=1e-3)
     assert (
         isinstance(model.bn1, WindowBatchNorm) and [n for n, _ in model.named_parameters()] == names
     )
@@ -206,10 +206,17 @@ def test_tent_at_batch_size_1_with_a_bn_window():
     assert int(model.bn1.window_count) == 4 and adapted.counters.n_steps == 6
     adapted.reset()
     assert int(model.bn1.window_count) == 0 == model.bn1._count, "reset empties the window"
-    norm = tta.adapt(make_tiny_net(), loss="norm", bn_window=2)
+    norm = tta.adapt(make_tiny_net(), loss="norm", norm="window", norm_options={"window": 2})
     norm(torch.rand(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="bn_window must be a positive int"):
-        tta.adapt(make_tiny_net(), loss="tent", bn_window=0)
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        tta.adapt(make_tiny_net(), loss="tent", norm="window", norm_options={"window": 0})
+
+
+def test_batch_norm_at_batch_size_1_is_refused_with_the_fix():
+    adapted = tta.adapt(make_tiny_net(), loss="tent")
+    with pytest.raises(ValueError, match="norm='window'"):
+        adapted(torch.rand(1, 3, 8, 8))
+    assert adapted.counters.n_forward == 0
 
 
 def test_several_seeds_report_mean_and_std(tmp_path, monkeypatch):

@@ -10,11 +10,12 @@ from torch import nn
 
 import tta.filters  # noqa: F401  (registers the sample filters)
 import tta.losses  # noqa: F401  (registers the losses)
+import tta.norm  # noqa: F401  (registers the normalization modes)
 import tta.selectors  # noqa: F401  (registers the layer selectors)
 from tta.engine import AdaptedModel
 from tta.layers import partition
 from tta.params import ParamSpec, freeze_all_but, select_parameters
-from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
+from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -62,6 +63,8 @@ def adapt(
     selector_options: dict[str, Any] | None = None,
     sample_filter: str | None = None,
     sample_filter_options: dict[str, Any] | None = None,
+    norm: str | None = None,
+    norm_options: dict[str, Any] | None = None,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     input_range: tuple[float, float] | None = (0.0, 1.0),
@@ -70,7 +73,9 @@ def adapt(
     """Wrap `model` for online test-time adaptation; the module is adapted in place.
 
     `params` is which parameters may train at all ('norm', 'all', or a list of names; the
-    default comes from the loss), `selector` which of those layers each step may update.
+    default comes from the loss), `selector` which of those layers each step may update,
+    `norm` what BatchNorm normalizes with ('source', 'batch', 'alpha', 'ema', 'robust',
+    'window'; the default comes from the loss: 'batch' for TENT and its family).
     Extra keyword arguments go to the loss. Pass `copy.deepcopy(model)` to keep the original.
     Arguments are checked before the model is touched, so a bad call leaves it as it was.
     Any classifier works; `input_range` is the value range checked on every batch of an image
@@ -100,7 +105,15 @@ def adapt(
             f"but loss {loss!r} needs more than the logits (its objective uses the images or a "
             "teacher); use another sample filter with this loss"
         )
+    norm_name = norm or loss_fn.default_norm
+    norm_mode = NORMS.create(norm_name, **(norm_options or {}))
     loss_fn.check_model(model)
+    try:
+        norm_mode.check_model(model)
+    except ValueError as error:
+        if norm is not None:
+            raise
+        raise ValueError(f"loss {loss!r} runs with its default {error}") from error
     trainable = (
         select_parameters(model, params or loss_fn.params_for(model)) if loss_fn.adapts else []
     )
@@ -111,7 +124,9 @@ def adapt(
         block_patterns=getattr(layer_selector, "block_patterns", None),
     )
     layer_selector.bind(model, layers)
-    loss_fn.configure(model)  # the first change to the model: every check has passed
+    model.eval()  # the first change to the model: every check has passed
+    norm_mode.configure(model)
+    loss_fn.configure(model)
     freeze_all_but(model, trainable)
     opt = (
         make_optimizer(optimizer, [p for _, p in trainable], lr, momentum, weight_decay)
@@ -125,6 +140,8 @@ def adapt(
         "params": describe_params(model, params or loss_fn.params_for(model), trainable)
         if loss_fn.adapts
         else None,
+        "norm": norm_name,
+        "norm_options": NORMS.resolved_options(norm_name, norm_options),
         "selector": selector,
         "selector_options": LAYER_SELECTORS.resolved_options(selector, selector_options),
         "sample_filter": sample_filter,
@@ -145,6 +162,7 @@ def adapt(
         layer_selector,
         opt,
         sample_filter=filter_fn,
+        norm=norm_mode,
         steps=steps,
         episodic=episodic,
         input_range=input_range,

@@ -25,6 +25,7 @@ from tta.context import Counters, FilterContext, LossContext
 from tta.filters.base import SampleFilter
 from tta.layers import Layer
 from tta.losses.base import Loss
+from tta.norm.base import NormMode
 from tta.selectors.base import LayerSelector, Proposal
 
 
@@ -46,6 +47,7 @@ class AdaptedModel(nn.Module):
         selector: LayerSelector,
         optimizer: torch.optim.Optimizer | None,
         sample_filter: SampleFilter | None = None,
+        norm: NormMode | None = None,
         steps: int = 1,
         episodic: bool = False,
         input_range: tuple[float, float] | None = (0.0, 1.0),
@@ -60,6 +62,7 @@ class AdaptedModel(nn.Module):
         self.selector = selector
         self.optimizer = optimizer
         self.sample_filter = sample_filter
+        self.norm = norm
         self.steps = steps
         self.episodic = episodic
         self.input_range = input_range
@@ -99,7 +102,10 @@ class AdaptedModel(nn.Module):
 
     def check_input(self, x: object) -> torch.Tensor:
         """Refuse a batch the model cannot take, with a message that says how to fix it."""
-        return check_input(x, self.input_kind, self.input_range, model_dtype(self.model))
+        x = check_input(x, self.input_kind, self.input_range, model_dtype(self.model))
+        if self.norm is not None:
+            self.norm.check_batch(x.shape[0])
+        return x
 
     def reset(self) -> None:
         """Back to the source weights, buffers and optimizer state, exactly."""

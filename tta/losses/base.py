@@ -23,13 +23,15 @@ from tta.presets import Preset
 class Loss:
     """An unsupervised test-time objective.
 
-    `default_params` is the parameter set used when `tta.adapt(params=None)`; `adapts` is False
+    `default_params` is the parameter set used when `tta.adapt(params=None)`, `default_norm`
+    the normalization mode when `norm=None` (the paper's); `adapts` is False
     for methods without a gradient step (source, norm). `presets` (family -> Preset, see
     tta/presets.py) are the method's recommended settings, declared beside its defaults.
     """
 
     name = "loss"
     default_params = "norm"
+    default_norm = "source"  # what BatchNorm normalizes with unless `norm=` says otherwise
     presets: ClassVar[Mapping[str, Preset]] = {}
     adapts = True
     scores_logits_alone = True  # False when the objective needs more than the logits (images)
@@ -42,7 +44,8 @@ class Loss:
         """Raise a clear error if the model lacks what the method needs; runs before any change."""
 
     def configure(self, model: nn.Module) -> None:
-        """Prepare the model (e.g. BatchNorm on batch statistics). Called once, before snapshot."""
+        """Prepare the model (e.g. a teacher copy). Called once, after the normalization mode
+        configured BatchNorm and before the snapshot that `reset()` restores."""
 
     def reset(self) -> None:
         """Forget any state (moving averages) kept across batches."""

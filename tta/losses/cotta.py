@@ -54,7 +54,6 @@ from torch import nn
 from tta.checks import require_images
 from tta.context import LossContext
 from tta.losses.base import Loss
-from tta.norm.batch import use_batch_statistics
 from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
@@ -150,6 +149,7 @@ class CoTTALoss(Loss):
 
     name = "cotta"
     default_params = "all"
+    default_norm = "batch"
     presets = {
         "cifar": cifar_adam(
             options={"ap": 0.92, "rst": 0.01, "alpha": 0.999},
@@ -185,8 +185,6 @@ class CoTTALoss(Loss):
         require_images(model, "loss 'cotta'", "averages predictions over image augmentations")
 
     def configure(self, model: nn.Module) -> None:
-        model.eval()
-        use_batch_statistics(model)
         self.anchor = copy.deepcopy(model).requires_grad_(False)
         self.teacher = copy.deepcopy(model).requires_grad_(False)
 

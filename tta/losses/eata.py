@@ -63,7 +63,6 @@ from tta.filters.entropy import check_margin, entropy_margin, reliable
 from tta.filters.redundancy import check_d_margin, non_redundant, update_average
 from tta.functional import softmax_entropy
 from tta.losses.base import Loss
-from tta.norm.batch import use_batch_statistics
 from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
 
@@ -81,6 +80,7 @@ class EtaLoss(Loss):
 
     name = "eta"
     default_params = "norm"
+    default_norm = "batch"
     presets = {
         "cifar": cifar_adam(
             options={"d_margin": 0.4}, benchmark_options={"cifar100-c": {"d_margin": 0.1}}
@@ -95,10 +95,6 @@ class EtaLoss(Loss):
         self.n_unreliable = 0
         self.n_redundant = 0
         self.n_kept = 0
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()
-        use_batch_statistics(model)
 
     def reset(self) -> None:
         self.average = None

@@ -8,7 +8,6 @@ so it also fits models without BatchNorm.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from tta.functional import softmax_entropy
 from tta.losses.base import Loss
@@ -19,9 +18,6 @@ from tta.registry import LOSSES
 class EntropyLoss(Loss):
     name = "entropy"
     default_params = "all"
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return softmax_entropy(logits).mean(0)

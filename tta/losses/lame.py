@@ -148,7 +148,6 @@ class LAMELoss(Loss):
         last_linear(model)
 
     def configure(self, model: nn.Module) -> None:
-        model.eval()
         if self._hook is not None:
             self._hook.remove()
         self._hook = last_linear(model).register_forward_hook(self._capture)

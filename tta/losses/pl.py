@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tta.context import LossContext
 from tta.losses.base import Loss
@@ -65,9 +64,6 @@ class PseudoLabelLoss(Loss):
         self.threshold = check_threshold(threshold, "loss 'pl'")
         self.n_confident = 0
         self.n_unconfident = 0
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """The pseudo-label loss; a differentiable zero when no sample is confident."""

@@ -63,7 +63,6 @@ from tta.filters.entropy import check_margin, reliable
 from tta.functional import softmax_entropy
 from tta.layers import block_keys
 from tta.losses.base import Loss
-from tta.norm.batch import use_batch_statistics
 from tta.params import select_parameters
 from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
@@ -162,6 +161,7 @@ class TopLayersFrozenLoss(Loss):
     `official_norm_params`) or `"last-stage"` (see `norm_params_without_last_stage`)."""
 
     default_params = "norm-without-top-layers"  # resolved per model by params_for
+    default_norm = "batch"
 
     def __init__(self, exclude: str = "official") -> None:
         if exclude not in EXCLUSIONS:
@@ -177,10 +177,6 @@ class TopLayersFrozenLoss(Loss):
             return norm_params_without_last_stage(model)
         except ValueError:  # no norm layer: resolving "norm" raises the clear error
             return "norm"
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()
-        use_batch_statistics(model)
 
 
 def zero_gradients(params: list[nn.Parameter]) -> None:

@@ -27,7 +27,6 @@ shot-im's.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from tta.functional import softmax_entropy
 from tta.losses.base import Loss
@@ -50,9 +49,6 @@ class ShotIMLoss(Loss):
     name = "shot-im"
     default_params = "all"
     presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return information_maximization(logits)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from tta.losses.base import Loss
 from tta.registry import LOSSES
 
@@ -14,6 +12,3 @@ class SourceLoss(Loss):
 
     name = "source"
     adapts = False
-
-    def configure(self, model: nn.Module) -> None:
-        model.eval()

@@ -39,9 +39,8 @@ class NormMode:
         """A clear error before any change when the model cannot run this mode."""
         if self.needs_batchnorm and not batchnorm_modules(model):
             raise ValueError(
-                f"norm={self.name!r} changes what BatchNorm normalizes with, but "
-                f"{type(model).__name__} has no BatchNorm layer; use norm='source' (the model "
-                "as it is), or a model with BatchNorm"
+                f"norm={self.name!r} needs BatchNorm layers, but {type(model).__name__} has "
+                "none; use norm='source' (the model as it is), or a model with BatchNorm"
             )
 
     def check_batch(self, batch_size: int) -> None:

@@ -27,11 +27,11 @@ from tta.registry import NORMS
 
 
 def check_window(window: int | None) -> None:
-    """`bn_window` is None (off) or a positive int; refused before the model is touched."""
+    """The window is None (off) or a positive int; refused before the model is touched."""
     if window is not None and (
         isinstance(window, bool) or not isinstance(window, int) or window < 1
     ):
-        raise ValueError(f"bn_window must be a positive int (samples), got {window!r}")
+        raise ValueError(f"norm 'window': window must be a positive int (samples), got {window!r}")
 
 
 class WindowBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -109,7 +109,9 @@ def use_window_statistics(model: nn.Module, window: int) -> int:
                 setattr(parent, name, WindowBatchNorm(child, window))
                 replaced += 1
     if not replaced and not batchnorm_modules(model):
-        raise ValueError(f"bn_window needs BatchNorm layers, but {type(model).__name__} has none")
+        raise ValueError(
+            f"norm 'window' needs BatchNorm layers, but {type(model).__name__} has none"
+        )
     return replaced
 
 
