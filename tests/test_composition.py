@@ -1,4 +1,4 @@
-"""Every loss composes with every layer selector and every sample filter.
+"""Every loss composes with every layer selector, every sample filter and every norm mode.
 
 The registries are iterated, so losses, selectors and filters registered later are covered
 without editing this file. A loss that needs extra data gets it (`source_data_option`); a
@@ -17,7 +17,7 @@ import torch
 from conftest import make_tiny_net
 
 import tta
-from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
+from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 
 # Options that make TinyNet's near-uniform predictions pass the methods' sample filters, so
 # the update path runs (the filters' defaults are tested in the methods' own tests).
@@ -118,3 +118,10 @@ def test_every_loss_with_every_sample_filter(loss, sample_filter):
         sample_filter=sample_filter,
         sample_filter_options=FILTER_OPTIONS.get(sample_filter),
     )
+
+
+@pytest.mark.parametrize(("loss", "norm"), cases(NORMS.names()))
+def test_every_loss_with_every_norm_mode(loss, norm):
+    run_three_steps(loss, (loss, norm), norm=norm)
+    adapted = tta.adapt(make_tiny_net(), loss=loss, norm=norm, **loss_options(loss))
+    assert adapted.describe()["norm"] == norm

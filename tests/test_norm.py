@@ -128,3 +128,21 @@ def test_bad_options_are_refused(options):
     name, kwargs = options
     with pytest.raises(ValueError):
         NORMS.create(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["source", "batch", "alpha", "ema", "robust", "window"])
+def test_adapted_reset_restores_the_mode_and_weights_exactly(name):
+    from conftest import make_tiny_net
+
+    import tta
+
+    adapted = tta.adapt(make_tiny_net(), loss="tent", params="all", norm=name, lr=1e-2)
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    start = copy.deepcopy(adapted.model.state_dict())
+    first = adapted(x).detach()
+    adapted(x)
+    adapted.reset()
+    state = adapted.model.state_dict()
+    assert state.keys() == start.keys()
+    assert all(torch.equal(state[k], start[k]) for k in start), "reset restores every buffer"
+    torch.testing.assert_close(adapted(x), first, rtol=0, atol=0)
