@@ -172,6 +172,9 @@ def test_method_runs_the_papers_selection_and_says_when_changed(trained, tmp_pat
     assert "note: --method tent updates all layers in its paper; --selector gala" in printed
     card = json.loads((out / "results.json").read_text())["protocol"]
     assert card["selector"] == "gala"
+    assert (
+        card["selector_options"]["threshold"] == 0.75 and card["selector_options"]["window"] == 20
+    )
 
 
 def test_params_takes_one_name(trained, tmp_path):

@@ -21,7 +21,7 @@ from tta.harness.run import run_and_save
 from tta.harness.seeds import run_seeds
 from tta.harness.stream import SETTINGS
 from tta.presets import FAMILIES, methods
-from tta.registry import LAYER_SELECTORS, LOSSES
+from tta.registry import LAYER_SELECTORS, LOSSES, NORMS
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
 
@@ -84,6 +84,13 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--selector-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--sample-filter", default=None, help="e.g. grad-align")
     p.add_argument("--sample-filter-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--norm",
+        default=None,
+        help="what BatchNorm normalizes with (default: the loss's); one of: "
+        f"{', '.join(NORMS.names())}",
+    )
+    p.add_argument("--norm-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--params",
         default=None,
@@ -164,6 +171,8 @@ def to_config(args: argparse.Namespace) -> RunConfig:
         selector_options=parse_options(args.selector_option, "--selector-option"),
         sample_filter=args.sample_filter,
         sample_filter_options=parse_options(args.sample_filter_option, "--sample-filter-option"),
+        norm=args.norm,
+        norm_options=parse_options(args.norm_option, "--norm-option"),
         optimizer=args.optimizer,
         lr=args.lr,
         momentum=args.momentum,

@@ -17,7 +17,7 @@ from typing import Any
 import tta
 from tta.data.benchmarks import BENCHMARKS
 from tta.presets import family_of, preset
-from tta.registry import LAYER_SELECTORS, LOSSES, SAMPLE_FILTERS
+from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 
 # The adaptation options whose defaults come from `tta.adapt` (one place for CLI and API).
 API_OPTIONS = ("loss", "optimizer", "lr", "momentum", "steps", "selector")
@@ -33,7 +33,7 @@ DEFAULT_N_PER_DOMAIN = MappingProxyType({"fmnist-c": 1000, "imagenet-c": 5000})
 class RunConfig:
     """One run: method, stream, model, data and output. `resolve` fills what is left None.
 
-    `params`: 'norm', 'all', a list of parameter names, or a comma-separated string of them
+    `norm`: the BatchNorm statistics mode (None: the loss's default). `params`: 'norm', 'all', a list of parameter names, or a comma-separated string of them
     (one name is a list of one). `n_per_domain`: an int, 'all', or None (the benchmark's
     default). `method`: a preset (`tta.presets`) that fills loss, optimizer, lr, momentum,
     batch size, params and loss options the config leaves None; explicit values win.
@@ -48,6 +48,8 @@ class RunConfig:
     selector_options: dict[str, Any] = field(default_factory=dict)
     sample_filter: str | None = None
     sample_filter_options: dict[str, Any] = field(default_factory=dict)
+    norm: str | None = None
+    norm_options: dict[str, Any] = field(default_factory=dict)
     optimizer: str | None = None
     lr: float | None = None
     momentum: float | None = None
@@ -158,3 +160,5 @@ def check_names(config: RunConfig, registered_benchmark: bool = True) -> None:
         BENCHMARKS.get(config.benchmark)
     if config.sample_filter:
         SAMPLE_FILTERS.get(config.sample_filter)
+    if config.norm:
+        NORMS.get(config.norm)

@@ -100,31 +100,14 @@ def build_adapted(
         selector_options=config.selector_options,
         sample_filter=config.sample_filter,
         sample_filter_options=config.sample_filter_options,
+        norm=config.norm,
+        norm_options=config.norm_options,
         **config.loss_options,
         **source_data(config, benchmark, device),
     )
 
 
 def method_card(config: RunConfig, adapted: AdaptedModel) -> dict:
-    """The method part of the protocol card: every setting that ran."""
-    params = config.params or LOSSES.get(config.loss).default_params
-    card = {
-        "method": config.method,
-        "preset_family": config.preset_family,
-        "loss": config.loss,
-        "loss_options": config.loss_options,
-        "params": list(params) if isinstance(params, tuple) else params,
-        "n_trainable": sum(p.numel() for layer in adapted.layers for p in layer.params),
-        "selector": config.selector,
-        "selector_options": config.selector_options,
-        "sample_filter": config.sample_filter,
-        "sample_filter_options": config.sample_filter_options,
-        "optimizer": config.optimizer,
-        "lr": config.lr,
-        "momentum": config.momentum if config.optimizer == "sgd" else None,
-        "steps": config.steps,
-    }
-    describe = getattr(adapted, "describe", None)
-    if describe is not None:  # the engine's own record, defaults that ran included
-        card.update(describe())
-    return card
+    """The method part of the protocol card: the preset asked for, then every setting that
+    ran, defaults included (`AdaptedModel.describe`)."""
+    return {"method": config.method, "preset_family": config.preset_family, **adapted.describe()}
