@@ -211,9 +211,8 @@ def seeds_main(config: RunConfig, seeds: list[int]) -> int:
     summary = run_seeds(config, seeds, out)
     (out / "seeds.json").write_text(dump_json(summary))
     if summary["interrupted"]:
-        print(
-            f"interrupted at seed {summary['interrupted_seed']}; seeds.json covers {summary['finished_seeds']}"
-        )
+        finished = summary["finished_seeds"]
+        print(f"interrupted at seed {summary['interrupted_seed']}; seeds.json covers {finished}")
         return 130
     print(
         f"mean error over seeds {seeds}: {summary['mean_error']:.2f} +- {summary['std_error']:.2f}"
