@@ -82,6 +82,7 @@ def test_stream_over_cifar10_c_with_the_heldout_set(cifar_root):
 def test_missing_release_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TTA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TTA_DATA", raising=False)
+    (tmp_path / "empty").mkdir()  # an explicit data root must exist
     bench = BENCHMARKS.create("cifar100-c", data_root=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError) as error:
         bench.prepare([("fog", 5)], 10, 0)
@@ -102,6 +103,7 @@ def test_download_only_when_missing_and_asked(tmp_path, monkeypatch):
     fake = SimpleNamespace(zenodo_download=fake_download)
     monkeypatch.setattr("tta.data.cifar_c.zenodo_module", lambda: fake)
     root = tmp_path / "data"
+    root.mkdir()  # an explicit data root must exist
     bench = BENCHMARKS.create("cifar10-c", data_root=str(root), download=True)
     bench.prepare([("fog", 5)], 2, 0)
     assert calls == [("2535967", {"CIFAR-10-C.tar"}, root)]

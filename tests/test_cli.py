@@ -195,6 +195,12 @@ def test_explicit_data_root_that_does_not_exist_is_an_error(trained, tmp_path, c
     err = capsys.readouterr().err
     assert str(missing) in err and "does not exist" in err and "mkdir -p" in err
     assert not missing.exists() and not (tmp_path / "run").exists()
+    from tta.data.benchmarks import BENCHMARKS
+
+    for name in ("fmnist-c", "cifar10-c", "imagenet-c"):  # every loader, via tta.paths
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            BENCHMARKS.create(name, data_root=str(missing)).prepare([("fog", 5)], 10, 0)
+    assert not missing.exists()
 
 
 def test_card_records_where_the_data_was_read_and_generated(trained, tmp_path):

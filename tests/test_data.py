@@ -24,6 +24,7 @@ def test_fmnist_is_padded_to_32x32_rgb(fmnist_root):
 def test_missing_fmnist_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("TTA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("tta.data.fmnist.DEBIAN_DIR", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()  # an explicit data root must exist
     with pytest.raises(FileNotFoundError, match="(?s)Looked in.*nowhere.*apt-get install"):
         load_fmnist("test", tmp_path / "empty")
 

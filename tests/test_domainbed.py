@@ -115,6 +115,7 @@ def test_empty_class_folder_and_missing_dataset(root, tmp_path):
         path.unlink()
     with pytest.raises(RuntimeError, match=r"photo/dog: no images"):
         bench(root, target="photo").prepare([("photo", None)], None, 0)
+    (tmp_path / "none").mkdir()  # an explicit data root must exist
     with pytest.raises(
         FileNotFoundError, match="(?s)dataset PACS not found. Looked in.*domainbed.scripts.download"
     ):
