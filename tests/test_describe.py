@@ -84,10 +84,11 @@ def test_describe_records_the_defaults_that_ran(tiny_net):
     assert (card["loss"], card["loss_options"], card["params"]) == (
         "tent",
         {},
-        "norm",
+        "all",  # GALA searches every layer
     )
     assert (card["norm"], card["norm_options"]) == ("batch", {})
-    assert card["n_trainable"] == 2 * 6 + 2 * 8  # bn1 and bn2 weight and bias
+    n_params = sum(p.numel() for p in tiny_net.parameters())
+    assert card["n_trainable"] == n_params  # every parameter: GALA searches them all
     assert (card["optimizer"], card["lr"], card["momentum"]) == ("adam", 1e-3, None)
     assert (card["steps"], card["episodic"]) == (1, False)
     assert (card["sample_filter"], card["sample_filter_options"]) == (None, {})

@@ -338,8 +338,14 @@ def test_entropy_all_params_sgd_paper_setting_runs_and_traces():
     assert adapted.counters.n_steps + adapted.counters.n_skipped == 4
 
 
-def test_tent_with_gala_adapts_the_batchnorm_affine_layers():
+def test_gala_searches_every_layer_unless_params_says_otherwise():
+    """The paper's search space is every layer, whatever the loss's own parameter set."""
     adapted = tta.adapt(make_tiny_net(), loss="tent", selector="gala")
+    assert [layer.name for layer in adapted.layers] == ["conv1", "bn1", "conv2", "bn2", "fc"]
+    assert adapted.describe()["params"] == "all"
+    plain = tta.adapt(make_tiny_net(), loss="tent", selector="all")
+    assert [layer.name for layer in plain.layers] == ["bn1", "bn2"]  # TENT's own set
+    adapted = tta.adapt(make_tiny_net(), loss="tent", selector="gala", params="norm")
     assert [layer.name for layer in adapted.layers] == ["bn1", "bn2"]
     x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     for _ in range(3):
@@ -349,7 +355,11 @@ def test_tent_with_gala_adapts_the_batchnorm_affine_layers():
 
 def test_block_granularity_and_patterns_reach_the_partition():
     adapted = tta.adapt(
-        resnet20(), loss="tent", selector="gala", selector_options={"granularity": "block"}
+        resnet20(),
+        loss="tent",
+        params="norm",
+        selector="gala",
+        selector_options={"granularity": "block"},
     )
     assert [layer.name for layer in adapted.layers] == ["stem", "layer1", "layer2", "layer3"]
     options = {"granularity": "block", "block_patterns": ["layer1", "layer2"], "variant": "multi"}
@@ -364,7 +374,11 @@ def test_block_granularity_and_patterns_reach_the_partition():
 
 def test_tensor_granularity_scores_each_tensor():
     adapted = tta.adapt(
-        make_tiny_net(), loss="tent", selector="gala", selector_options={"granularity": "tensor"}
+        make_tiny_net(),
+        loss="tent",
+        params="norm",
+        selector="gala",
+        selector_options={"granularity": "tensor"},
     )
     assert [layer.name for layer in adapted.layers] == [
         "bn1.weight",

@@ -73,7 +73,8 @@ def adapt(
     """Wrap `model` for online test-time adaptation; the module is adapted in place.
 
     `params` is which parameters may train at all ('norm', 'all', or a list of names; the
-    default comes from the loss), `selector` which of those layers each step may update,
+    default comes from the selector when it has one, GALA's being every layer as in its
+    paper, else from the loss), `selector` which of those layers each step may update,
     `norm` what BatchNorm normalizes with ('source', 'batch', 'alpha', 'ema', 'robust',
     'window'; the default comes from the loss: 'batch' for TENT and its family).
     Extra keyword arguments go to the loss. Pass `copy.deepcopy(model)` to keep the original.
@@ -114,9 +115,8 @@ def adapt(
         if norm is not None:
             raise
         raise ValueError(f"loss {loss!r} runs with its default {error}") from error
-    trainable = (
-        select_parameters(model, params or loss_fn.params_for(model)) if loss_fn.adapts else []
-    )
+    spec = params or layer_selector.default_params or loss_fn.params_for(model)
+    trainable = select_parameters(model, spec) if loss_fn.adapts else []
     layers = partition(
         trainable,
         getattr(layer_selector, "granularity", "module"),
@@ -137,7 +137,7 @@ def adapt(
     settings = {
         "loss": loss,
         "loss_options": LOSSES.resolved_options(loss, loss_options),
-        "params": describe_params(model, params or loss_fn.params_for(model), trainable)
+        "params": describe_params(model, spec, trainable)
         if loss_fn.adapts
         else None,
         "norm": norm_name,

@@ -37,6 +37,7 @@ class LayerSelector:
     name = "selector"
     needs_proposal = True
     granularity = "module"
+    default_params: str | None = None  # the parameter set when params=None (None: the loss's)
 
     def bind(self, model: nn.Module, layers: list[Layer]) -> None:
         """Called once by `tta.adapt` with the model and its layers, before the first step.

@@ -9,6 +9,11 @@ The alignment of the proposal with the direction the layer has been moving is
 
 and a layer with u_l = 0 is not a candidate. Defaults (the paper's):
 
+- The search space is every layer: with `params=None`, `tta.adapt` lets every parameter
+  train (`default_params = "all"`), whatever the loss's own default (TENT's is the norm
+  layers). Measured on fmnist-c (README): TENT's objective over all parameters collapses
+  with `all` layers and not with GALA. Pass `params="norm"` to search the norm layers only.
+
 - `threshold=0.75` (lambda). `variant="single"`: only the layer with the largest cos_l keeps
   its update, and only if cos_l > threshold; otherwise the step is skipped (all scales 0, the
   engine counts it in `n_skipped`). `variant="multi"`: every layer with cos_l > threshold.
@@ -105,6 +110,7 @@ class Gala(LayerSelector):
 
     name = "gala"
     needs_proposal = True
+    default_params = "all"  # the paper's search space: every layer (conv, BN, fc)
 
     def __init__(
         self,
