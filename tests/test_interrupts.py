@@ -12,7 +12,7 @@ from conftest import TinyNet
 
 from tta.data.base import Benchmark
 from tta.harness.config import RunConfig
-from tta.harness.run import run, save
+from tta.harness.run import report, run, save
 
 DOMAINS = ("gaussian_noise", "shot_noise", "fog")
 
@@ -58,13 +58,14 @@ def trained_root(fmnist_root, monkeypatch):
     return fmnist_root
 
 
-def run_memory(tmp_path, interrupt_at, no_source=False, model=True):
+def run_memory(tmp_path, interrupt_at, no_source=False, model=True, all_layers=False):
     config = RunConfig(
         corruptions=DOMAINS,
         batch_size=10,
         n_per_domain=20,
         device="cpu",
         no_source=no_source,
+        no_all_layers=not all_layers,
         selector="gala",
     )
     bench = MemoryBenchmark(interrupt_at)
@@ -100,6 +101,33 @@ def test_interrupt_in_adaptation_gives_means_over_the_same_domains(quiet, tmp_pa
     assert results["source_mean_error"] == pytest.approx(results["source_per_domain"][0]["error"])
     assert (out / "errors.png").exists() and (out / "selector_trace.npz").exists()
     rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_interrupt_in_the_all_layers_baseline_stops_the_run(quiet, tmp_path):
+    """Source finished, the all-layers pass stopped in its second domain: nothing adapted."""
+    result, bench, results, out = run_memory(tmp_path, interrupt_at=3 + 2, all_layers=True)
+    assert bench.loads == [*DOMAINS, "gaussian_noise", "shot_noise"], "adaptation never started"
+    assert results["interrupted"] and results["stage"] == "all-layers"
+    assert results["per_domain"] == [] and results["all_layers_per_domain"] == []
+    assert results["mean_error"] is None and results["all_layers_mean_error"] is None
+    assert results["n_forward"] == 0 and results["forgetting"] is None
+    assert not (out / "errors.png").exists() and not (out / "stream.png").exists()
+    cached = {p.parent.name for p in (tmp_path / "cache").rglob("*.json")}
+    assert cached == {"source-results"}, "the interrupted all-layers pass is not cached"
+    assert "interrupted during all-layers" in report(result, out)
+
+
+def test_interrupt_in_adaptation_means_all_three_columns_over_the_same_domains(quiet, tmp_path):
+    result, bench, results, out = run_memory(tmp_path, interrupt_at=3 + 3 + 2, all_layers=True)
+    assert results["stage"] == "adapt"
+    assert [d["domain"] for d in results["all_layers_per_domain"]] == ["gaussian_noise"]
+    assert results["all_layers_mean_error"] == pytest.approx(
+        results["all_layers_per_domain"][0]["error"]
+    )
+    assert len(results["per_domain"]) == len(results["source_per_domain"]) == 1
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "domain,severity,n,source_error,all_layers_error,error,ece"
     assert len(rows) == 2
 
 

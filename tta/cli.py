@@ -15,7 +15,12 @@ import torch
 
 from tta.api import OPTIMIZERS
 from tta.data.benchmarks import BENCHMARKS
-from tta.harness.config import API_DEFAULTS, DEFAULT_BATCH_SIZE, RunConfig
+from tta.harness.config import (
+    API_DEFAULTS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FORGETTING_IMAGES,
+    RunConfig,
+)
 from tta.harness.results import dump_json
 from tta.harness.run import run_and_save
 from tta.harness.seeds import run_seeds
@@ -154,6 +159,28 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-source", action="store_true", help="skip the source-model baseline")
     p.add_argument(
+        "--no-all-layers",
+        action="store_true",
+        help="skip the all-layers baseline: the same loss and parameters with --selector all, "
+        "run (and cached) when --selector is another",
+    )
+    p.add_argument(
+        "--forgetting",
+        type=int,
+        default=DEFAULT_FORGETTING_IMAGES,
+        metavar="N",
+        help="clean test images to measure forgetting on (error before and after the stream, "
+        "as EATA); 0 turns it off; benchmarks without clean images skip it",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: OMP_NUM_THREADS if set, else the CPUs of the affinity mask); "
+        "use 1 per job when jobs share the machine",
+    )
+    p.add_argument(
         "--out", default=None, help="run directory (default runs/<time>-<loss>-<selector>)"
     )
     return p
@@ -194,6 +221,9 @@ def to_config(args: argparse.Namespace) -> RunConfig:
         download=args.download,
         device=args.device,
         no_source=args.no_source,
+        no_all_layers=args.no_all_layers,
+        forgetting=args.forgetting,
+        threads=args.threads,
         out=args.out,
     )
 

@@ -79,3 +79,8 @@ class Benchmark:
     def source_samples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """`n` clean images (uint8 NHWC) and labels from the source split (e.g. EATA's Fisher)."""
         raise NotImplementedError(f"{self.name} has no source samples")
+
+    def clean_samples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`n` clean test images (uint8 NHWC, prepared as the shifted ones before the shift)
+        and labels: what forgetting is measured on (EATA). The stream never adapts on them."""
+        raise NotImplementedError(f"{self.name} has no clean test images")

@@ -184,3 +184,10 @@ class FashionMnistC(Benchmark):
         images, labels = load_fmnist("train", self.data_root)
         index = np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False)
         return images[index], labels[index]
+
+    def clean_samples(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`n` clean Fashion-MNIST test images, padded to 32x32 RGB as the corrupted ones are
+        before their corruption (a seeded choice; all of them when `n` exceeds the split)."""
+        images, labels = load_fmnist("test", self.data_root)
+        index = np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False)
+        return images[np.sort(index)], labels[np.sort(index)]

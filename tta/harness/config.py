@@ -27,16 +27,22 @@ API_DEFAULTS = MappingProxyType(
 DEFAULT_BATCH_SIZE = 200
 # Images per domain when none is given; other benchmarks take every image.
 DEFAULT_N_PER_DOMAIN = MappingProxyType({"fmnist-c": 1000, "imagenet-c": 5000})
+# Clean test images that forgetting (EATA) is measured on; 0 turns it off.
+DEFAULT_FORGETTING_IMAGES = 1000
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One run: method, stream, model, data and output. `resolve` fills what is left None.
 
-    `norm`: the BatchNorm statistics mode (None: the loss's default). `params`: 'norm', 'all', a list of parameter names, or a comma-separated string of them
-    (one name is a list of one). `n_per_domain`: an int, 'all', or None (the benchmark's
+    `norm`: the BatchNorm statistics mode (None: the loss's default). `params`: 'norm',
+    'all', a list of parameter names, or a comma-separated string of them (one name is a
+    list of one). `n_per_domain`: an int, 'all', or None (the benchmark's
     default). `method`: a preset (`tta.presets`) that fills loss, optimizer, lr, momentum,
     batch size, params and loss options the config leaves None; explicit values win.
+    `no_source` / `no_all_layers` skip the source baseline / the same method updating all
+    layers (run when the selector is not 'all'). `forgetting`: clean test images to measure
+    forgetting on (0: off). `threads`: CPU threads (None: `tta.harness.threads`' default).
     """
 
     method: str | None = None
@@ -71,6 +77,9 @@ class RunConfig:
     download: bool = False
     device: str = "auto"
     no_source: bool = False
+    no_all_layers: bool = False
+    forgetting: int = DEFAULT_FORGETTING_IMAGES
+    threads: int | None = None
     out: str | None = None
 
 
@@ -133,6 +142,10 @@ def resolve(config: RunConfig) -> RunConfig:
         config = _apply_preset(config)
     elif config.preset_family is not None:
         raise ValueError("--preset-family chooses the preset of --method; pass --method too")
+    if config.forgetting < 0:
+        raise ValueError(f"--forgetting takes a number of images >= 0, got {config.forgetting}")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {config.threads}")
     filled = {key: API_DEFAULTS[key] for key in API_OPTIONS if getattr(config, key) is None}
     if config.batch_size is None:
         filled["batch_size"] = DEFAULT_BATCH_SIZE

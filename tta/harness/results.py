@@ -1,4 +1,4 @@
-"""Write a run's results: results.json, results.csv and a per-domain bar chart."""
+"""Write a run's results: results.json, results.csv, the printed table and the plots."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ import json
 import math
 import platform
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+
+
+class Baseline(NamedTuple):
+    """Per-domain rows (in stream order) shown beside the run: `key` names its CSV column
+    (`<key>_error`), `label` its table column and legend entry."""
+
+    key: str
+    label: str
+    rows: list[dict]
 
 
 def without_nan(value: object) -> object:
@@ -47,25 +57,36 @@ def versions() -> dict[str, str]:
     }
 
 
-def format_table(per_domain: list[dict], source: list[dict] | None, label: str) -> str:
-    """Per-domain errors, the source model beside the adapted one, and their means."""
-    source_by = {(d["domain"], d["severity"]): d["error"] for d in source or []}
-    width = max(10, len(label) + 3)
-    lines = [f"{'domain':<20}{'sev':>4}{'n':>7}{'source %':>10}{label + ' %':>{width}}"]
-    matched = []
-    for d in per_domain:
-        src = source_by.get((d["domain"], d["severity"]))
-        matched.append(src)
-        src_text = f"{src:10.2f}" if src is not None else f"{'-':>10}"
-        lines.append(
-            f"{d['domain']:<20}{d['severity'] or '-':>4}{d['n']:>7}{src_text}{d['error']:>{width}.2f}"
-        )
-    mean = mean_or_none(per_domain)
-    known = [s for s in matched if s is not None]
-    src_mean = f"{np.mean(known):10.2f}" if known else f"{'-':>10}"
-    mean_text = f"{mean:>{width}.2f}" if mean is not None else f"{'-':>{width}}"
-    lines.append(f"{'mean':<31}{src_mean}{mean_text}")
+def format_table(per_domain: list[dict], baselines: list[Baseline], label: str) -> str:
+    """Per-domain errors: each baseline (e.g. source, the same loss on all layers) beside
+    the run, the run's ECE, and the means."""
+    headers = [f"{b.label} %" for b in baselines] + [f"{label} %", "ECE %"]
+    widths = [max(10, len(h) + 2) for h in headers]
+    head = "".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True))
+    lines = [f"{'domain':<20}{'sev':>4}{'n':>7}{head}"]
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{value:>{width}.2f}" if value is not None else f"{'-':>{width}}"
+
+    for k, d in enumerate(per_domain):
+        values = [_error_at(b.rows, k) for b in baselines]
+        values += [d["error"], d.get("ece")]
+        cells = "".join(cell(v, w) for v, w in zip(values, widths, strict=True))
+        lines.append(f"{d['domain']:<20}{d['severity'] or '-':>4}{d['n']:>7}{cells}")
+    n = len(per_domain)
+    means = [mean_or_none(b.rows[:n]) if n else None for b in baselines]
+    means += [mean_or_none(per_domain), mean_of(per_domain, "ece")]
+    lines.append(f"{'mean':<31}" + "".join(cell(v, w) for v, w in zip(means, widths, strict=True)))
     return "\n".join(lines)
+
+
+def _error_at(rows: list[dict], k: int) -> float | None:
+    return rows[k]["error"] if k < len(rows) else None
+
+
+def mean_of(rows: list[dict], key: str) -> float | None:
+    values = [d[key] for d in rows if d.get(key) is not None and math.isfinite(d[key])]
+    return float(np.mean(values)) if values else None
 
 
 def format_card(card: dict) -> str:
@@ -73,55 +94,24 @@ def format_card(card: dict) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in card.items())
 
 
-def plot_errors(per_domain: list[dict], source: list[dict] | None, label: str, path: Path) -> None:
-    """Bar chart of per-domain error, source beside adapted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [d["domain"] for d in per_domain]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
-    if source:
-        src = {(d["domain"], d["severity"]): d["error"] for d in source}
-        heights = [src.get((d["domain"], d["severity"]), np.nan) for d in per_domain]
-        ax.bar(x - 0.2, heights, 0.4, label="source", color="#bbbbbb")
-    ax.bar(x + (0.2 if source else 0), [d["error"] for d in per_domain], 0.4, label=label)
-    ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylabel("error (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_results(out_dir: Path, results: dict, label: str) -> None:
-    """results.json (everything, strict JSON), results.csv (per domain) and errors.png.
-
-    The chart is skipped when no domain finished (an early interrupt).
-    """
+def write_results(out_dir: Path, results: dict, baselines: list[Baseline]) -> None:
+    """results.json (everything, strict JSON) and results.csv (per domain, the baselines
+    beside); the figures are `tta.harness.plots`'."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(dump_json(results))
-    source = {
-        (d["domain"], d["severity"]): d["error"] for d in results.get("source_per_domain", [])
-    }
     with open(out_dir / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["domain", "severity", "n", "source_error", "error"])
-        for d in results["per_domain"]:
+        columns = [f"{b.key}_error" for b in baselines]
+        writer.writerow(["domain", "severity", "n", *columns, "error", "ece"])
+        for k, d in enumerate(results["per_domain"]):
+            known = [_error_at(b.rows, k) for b in baselines]
             writer.writerow(
                 [
                     d["domain"],
                     d["severity"],
                     d["n"],
-                    source.get((d["domain"], d["severity"]), ""),
+                    *["" if v is None else v for v in known],
                     d["error"],
+                    d.get("ece", ""),
                 ]
             )
-    if results["per_domain"]:
-        plot_errors(
-            results["per_domain"], results.get("source_per_domain"), label, out_dir / "errors.png"
-        )

@@ -34,6 +34,7 @@ from tta.data.corruptions import STANDARD_CORRUPTIONS
 from tta.data.domain_sets import resolve_domains
 from tta.data.image_files import concat_images
 from tta.engine import AdaptedModel
+from tta.harness.metrics import expected_calibration_error
 from tta.harness.order import DEFAULT_DIRICHLET_DELTA, domain_order, permuted, stream_order
 from tta.progress import progress
 
@@ -113,17 +114,38 @@ class StreamSpec:
 
 @dataclass
 class StreamResult:
+    """Per-domain errors (and ECE) of a stream, the work done, and what was seen per batch.
+
+    `batch_n` / `batch_wrong`: images and wrong predictions of every batch predicted, in
+    stream order (an interrupted domain's batches included); `domain_start_batches`: the
+    batch index where each domain began. `confidence` / `correct`: per finished domain, the
+    max softmax probability and correctness of each image (for the overall ECE; not saved).
+    """
+
     per_domain: list[dict] = field(default_factory=list)
     time_s: float = 0.0
     n_images: int = 0
     interrupted: bool = False
     domain_starts: list[int] = field(default_factory=list)  # adaptation step of each domain
     counters: dict = field(default_factory=dict)
+    batch_n: list[int] = field(default_factory=list)
+    batch_wrong: list[int] = field(default_factory=list)
+    domain_start_batches: list[int] = field(default_factory=list)
+    confidence: list[np.ndarray] = field(default_factory=list, repr=False)
+    correct: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def mean_error(self) -> float:
         errors = [d["error"] for d in self.per_domain]
         return float(np.mean(errors)) if errors else float("nan")
+
+    def overall_ece(self, n_domains: int | None = None) -> float | None:
+        """ECE (%) over every image of the first `n_domains` finished domains (None: all)."""
+        confidence = self.confidence[:n_domains]
+        if not confidence or not any(len(c) for c in confidence):
+            return None
+        correct = np.concatenate(self.correct[:n_domains])
+        return expected_calibration_error(np.concatenate(confidence), correct)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -160,33 +182,56 @@ def _predict(
     batch_size: int,
     device: torch.device,
     bar,
-) -> np.ndarray:
-    """Predict then adapt batch after batch in `order`; a per-image 'was wrong' mask."""
+    result: StreamResult,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict then adapt batch after batch in `order`: per image, 'was wrong' and the
+    confidence (max softmax probability) of the same logits; per batch, into `result`."""
     wrong = np.zeros(len(labels), dtype=bool)
+    confidence = np.zeros(len(labels), dtype=np.float64)
     for index, batch in _batches(images, order, batch_size):
-        logits = adapted(to_batch(np.asarray(batch), device))
+        logits = adapted(to_batch(np.asarray(batch), device)).detach()
         wrong[index] = logits.argmax(1).cpu().numpy() != labels[index]
+        confidence[index] = logits.float().softmax(1).amax(1).cpu().numpy()
+        result.batch_n.append(len(index))
+        result.batch_wrong.append(int(wrong[index].sum()))
         bar.update(len(index))
-    return wrong
+    return wrong, confidence
 
 
-def _record(result: StreamResult, name: str, severity: int | None, wrong: np.ndarray) -> float:
+def _record(
+    result: StreamResult,
+    name: str,
+    severity: int | None,
+    wrong: np.ndarray,
+    confidence: np.ndarray,
+) -> float:
     error = 100.0 * float(wrong.mean()) if len(wrong) else float("nan")
     result.per_domain.append(
-        {"domain": name, "severity": severity, "n": len(wrong), "error": error}
+        {
+            "domain": name,
+            "severity": severity,
+            "n": len(wrong),
+            "error": error,
+            "ece": expected_calibration_error(confidence, ~wrong),
+        }
     )
+    result.confidence.append(confidence)
+    result.correct.append(~wrong)
     return error
 
 
 def _run_domains(adapted, spec, benchmark, domains, device, result, bar) -> None:
     for name, severity in domains:
         result.domain_starts.append(adapted.counters.step_index)
+        result.domain_start_batches.append(len(result.batch_n))
         images, labels = benchmark.load(name, severity, spec.n_per_domain, spec.seed)
         order = stream_order(labels, spec.seed, name, severity, spec.shuffle, spec.dirichlet_delta)
         if spec.setting == "reset-each-shift":
             adapted.reset()
-        wrong = _predict(adapted, images, labels, order, spec.batch_size, device, bar)
-        error = _record(result, name, severity, wrong)
+        wrong, confidence = _predict(
+            adapted, images, labels, order, spec.batch_size, device, bar, result
+        )
+        error = _record(result, name, severity, wrong, confidence)
         label = name if severity is None else f"{name}-{severity}"
         bar.set_postfix(last=f"{label} {error:.1f}%")
 
@@ -201,9 +246,13 @@ def _run_mixed(adapted, spec, benchmark, domains, device, result, bar) -> None:
     labels, owner = np.concatenate(labels), np.concatenate(owner)
     order = stream_order(labels, spec.seed, "mixed", None, spec.shuffle, spec.dirichlet_delta)
     result.domain_starts.append(adapted.counters.step_index)
-    wrong = _predict(adapted, concat_images(sources), labels, order, spec.batch_size, device, bar)
+    result.domain_start_batches.append(0)
+    images = concat_images(sources)
+    wrong, confidence = _predict(
+        adapted, images, labels, order, spec.batch_size, device, bar, result
+    )
     for k, (name, severity) in enumerate(domains):
-        _record(result, name, severity, wrong[owner == k])
+        _record(result, name, severity, wrong[owner == k], confidence[owner == k])
 
 
 def run_stream(

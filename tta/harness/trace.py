@@ -2,17 +2,26 @@
 
 Any selector whose `trace()` has `step`, `selected` (layer indices per call) and `skipped`
 works; per-layer scores shaped (calls, layers) such as GALA's `cosine` are saved too, and
-the cosine is drawn beside the selection.
+the cosine is drawn beside the selection. The .npz keeps every step; the heatmap draws at
+most `MAX_COLUMNS` columns, a column being a window of consecutive steps on long streams
+(the fraction of its steps each layer was selected, the mean cosine), and stays within the
+figure size cap of `tta.harness.plots`.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from tta.harness.plots import MAX_PIXELS, pyplot, thin_labels
+
 TRACE_FILE = "selector_trace.npz"
 HEATMAP_FILE = "selector_heatmap.png"
+MAX_COLUMNS = 200
+DPI = 130
 
 
 def selection_mask(selected: list[list[int]], n_layers: int) -> np.ndarray:
@@ -26,6 +35,18 @@ def selection_mask(selected: list[list[int]], n_layers: int) -> np.ndarray:
 def domain_columns(steps: np.ndarray, domain_starts: list[int]) -> np.ndarray:
     """The first trace row of each domain (steps are adaptation step indices, as domain_starts)."""
     return np.searchsorted(steps, np.asarray(domain_starts, dtype=np.int64), side="left")
+
+
+def window_means(values: np.ndarray, window: int) -> np.ndarray:
+    """(calls, ...) -> (ceil(calls / window), ...): the mean of each window of rows, NaNs
+    ignored (a window of NaN only stays NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    if window == 1:
+        return values
+    rows = [values[start : start + window] for start in range(0, len(values), window)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN window: NaN
+        return np.stack([np.nanmean(row, axis=0) for row in rows])
 
 
 def per_layer_scores(trace: dict, n_calls: int, n_layers: int) -> dict[str, np.ndarray]:
@@ -91,19 +112,20 @@ def write_trace(
     }
 
 
-def _mark_domains(ax, columns: np.ndarray, names: list[str], n_calls: int) -> None:
-    """Vertical lines at domain boundaries, domain names centred above their span."""
-    ends = [*columns[1:], n_calls]
-    for column in columns[1:]:
-        ax.axvline(column - 0.5, color="tab:red", linewidth=0.8)
+def _mark_domains(ax, positions: np.ndarray, names: list[str], n_columns: int) -> None:
+    """Vertical lines at domain boundaries (column positions), names above their span."""
+    ends = [*positions[1:], n_columns]
+    for position in positions[1:]:
+        ax.axvline(position - 0.5, color="tab:red", linewidth=0.8)
     top = ax.secondary_xaxis("top")
-    centres = [(start + end - 1) / 2 for start, end in zip(columns, ends, strict=False)]
+    centres = [(start + end - 1) / 2 for start, end in zip(positions, ends, strict=False)]
     names = list(names)
     if len(names) > len(centres):  # a mixed stream: one start, many domains
         names = [f"{len(names)} domains mixed"]
     n = min(len(centres), len(names))  # an interrupted run has a start without a result
-    top.set_xticks(centres[:n], names[:n], rotation=60, ha="left", fontsize=7)
-    top.tick_params(length=0)
+    marks = thin_labels(centres[:n], names[:n])
+    top.set_xticks([c for c, _ in marks], [name for _, name in marks], rotation=60, ha="left")
+    top.tick_params(length=0, labelsize=7)
 
 
 def _cosine_range(cosine: np.ndarray) -> tuple[float, float]:
@@ -122,22 +144,27 @@ def plot_heatmap(
     domain_names: list[str],
     cosine: np.ndarray | None = None,
 ) -> None:
-    """Steps x layers: what was selected (and the cosines, when the trace has them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Steps x layers: what was selected (and the cosines, when the trace has them); in
+    windows of steps when there are more than `MAX_COLUMNS`, within `MAX_PIXELS`."""
+    plt = pyplot()
     n_calls, n_layers = mask.shape
-    panels = [("selected (black), skipped steps (red ticks)", mask.T.astype(float), "Greys")]
+    window = max(1, math.ceil(n_calls / MAX_COLUMNS))
+    n_columns = math.ceil(n_calls / window)
+    if window == 1:
+        what = "selected (black)"
+    else:
+        what = f"share of each window of {window} steps selected (black: all)"
+    panels = [(f"{what}; skipped steps: red ticks", window_means(mask, window).T, "Greys")]
     if cosine is not None:
-        panels.append(("cosine <u, u + TD> / (|u| |u + TD|); blank: u = 0", cosine.T, "viridis"))
-    width = min(40.0, max(6.0, 0.08 * n_calls + 2.5))
-    height = min(30.0, max(3.5, 0.13 * n_layers + 2.0))
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(width * len(panels), height), sharey=True, squeeze=False
-    )
+        mean = "" if window == 1 else f"mean per window of {window} steps; "
+        title = f"cosine <u, u + TD> / (|u| |u + TD|); {mean}blank: u = 0"
+        panels.append((title, window_means(cosine, window).T, "viridis"))
+    limit = MAX_PIXELS / DPI
+    width = min(limit, len(panels) * max(6.0, 0.08 * n_columns + 2.5))
+    height = min(limit, max(3.5, 0.13 * n_layers + 2.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), sharey=True, squeeze=False)
     fontsize = 7 if n_layers <= 40 else 5
+    skipped_at = np.unique(np.flatnonzero(skipped) // window)
     for ax, (title, image, cmap) in zip(axes[0], panels, strict=True):
         vmin, vmax = (0.0, 1.0) if cmap == "Greys" else _cosine_range(image)
         colors = plt.get_cmap(cmap).with_extremes(bad="white")
@@ -147,13 +174,12 @@ def plot_heatmap(
         if cmap != "Greys":
             fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.01)
         else:
-            skipped_at = np.flatnonzero(skipped)
             ax.plot(skipped_at, np.full(len(skipped_at), -0.5), "|", color="tab:red", ms=6)
-        _mark_domains(ax, columns, domain_names, n_calls)
-        ax.set_xlabel("selector step")
-        ax.set_title(title, fontsize=9, pad=40)
+        _mark_domains(ax, np.asarray(columns) / window, domain_names, n_columns)
+        ax.set_xlabel("selector step" if window == 1 else f"selector step / {window}")
+        ax.set_title(title, fontsize=8, pad=40)
     axes[0][0].set_yticks(range(n_layers), layer_names, fontsize=fontsize)
     axes[0][0].set_ylim(n_layers - 0.5, -1.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
