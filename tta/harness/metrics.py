@@ -28,8 +28,9 @@ def expected_calibration_error(
         )
     if confidence.size == 0:
         return float("nan")
-    # Bin b holds (b / n_bins, (b + 1) / n_bins]; a confidence of exactly 0 goes to bin 0.
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    # Bin b holds (edges[b], edges[b + 1]] as in Guo et al.'s code; 0 goes to bin 0.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
     conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
     acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     return 100.0 * float(np.abs(acc_sum - conf_sum).sum() / confidence.size)

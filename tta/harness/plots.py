@@ -120,8 +120,11 @@ def plot_stream(curve: dict, baselines: list[Baseline], label: str, path: Path) 
         style = styles.get(baseline.key, {"colors": "tab:orange", "linestyles": "dotted"})
         _domain_steps(ax, curve, baseline.rows, end, baseline.label, linewidth=1.2, **style)
     ax.plot(curve["images"], curve["error"], color="tab:blue", linewidth=1.0, label=label)
-    for start in curve["domain_starts_images"][1:]:
-        ax.axvline(start, color="tab:red", linewidth=0.5, alpha=0.6)
+    names = curve["domains"]
+    many = len(names) > MAX_DOMAIN_LABELS  # then only a change of name is a strong line
+    for k, start in enumerate(curve["domain_starts_images"][1:], start=1):
+        strong = not many or k >= len(names) or names[k] != names[k - 1]
+        ax.axvline(start, color="tab:red", linewidth=0.6, alpha=0.6 if strong else 0.12)
     top = ax.secondary_xaxis("top")
     marks = boundary_labels(curve)
     top.set_xticks([x for x, _ in marks], [n for _, n in marks], rotation=45, ha="left")

@@ -158,6 +158,8 @@ def main(name: str, argv: list[str] | None = None) -> int:
             download=args.download,
             device=args.device,
             no_source=True,  # the source model is a method of its own here
+            no_all_layers=True,  # so is each loss on all layers (its row without +selector)
+            forgetting=0,  # not part of the published tables
         )
         device = pick_device(args.device)
         if device.type == "cuda":
