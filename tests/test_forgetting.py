@@ -93,7 +93,8 @@ def test_measured_on_copies_with_clean_images_the_live_model_never_sees(quiet, m
     plain = run(config(**tent, forgetting=0), benchmark=CleanBenchmark(), model=model, echo=str)
     assert plain.clean_error_before is None and plain.forgetting is None
     assert [d["error"] for d in measured.per_domain] == [d["error"] for d in plain.per_domain]
-    for a, b in zip(live[0].model.state_dict().values(), live[1].model.state_dict().values()):
+    weights = [adapted.model.state_dict().values() for adapted in live]
+    for a, b in zip(*weights, strict=True):
         assert torch.equal(a, b), "the measurement left the live model as it was"
     assert measured.clean_error_before is not None and measured.forgetting == pytest.approx(
         measured.clean_error_after - measured.clean_error_before
