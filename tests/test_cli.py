@@ -237,3 +237,67 @@ def test_source_results_cache_is_keyed_on_data_and_version(trained, tmp_path, mo
     monkeypatch.setattr(tta, "__version__", "99.0")
     assert run_main(["--data-root", str(trained), *args]) == 0
     assert len(runs) == 3, "another tta version: not the cached numbers"
+
+
+def test_selector_run_shows_source_all_layers_and_selector(trained, tmp_path, monkeypatch, capsys):
+    """`--selector gala`: the table and results.json hold the source model, the same loss
+    and parameters on all layers, and gala; the all-layers pass is cached; ECE, forgetting
+    and the error along the stream are reported."""
+    import tta.harness.all_layers
+
+    passes = []
+    original = tta.harness.all_layers.run_stream
+    count = lambda *a, **k: passes.append(1) or original(*a, **k)  # noqa: E731
+    monkeypatch.setattr(tta.harness.all_layers, "run_stream", count)
+    base = ["--loss", "tent", "--selector", "gala", "--data-root", str(trained), *TINY]
+    out = tmp_path / "run"
+    assert run_main([*base, "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    header = next(line for line in printed if line.startswith("domain"))
+    columns = ["source", "%", "tent+all", "%", "tent+gala", "%", "ECE", "%"]
+    assert header.split() == ["domain", "sev", "n", *columns]
+    assert any(line.startswith("forgetting (clean error after - before") for line in printed)
+    results = json.loads((out / "results.json").read_text())
+    card, baseline = results["protocol"], results["all_layers_method"]
+    assert baseline["selector"] == "all" and baseline["params"] == card["params"] == "all"
+    assert baseline["loss"] == "tent" and baseline["lr"] == card["lr"]
+    rows = results["all_layers_per_domain"]
+    assert [d["domain"] for d in rows] == ["gaussian_noise", "fog"]
+    assert results["all_layers_mean_error"] == pytest.approx(np.mean([d["error"] for d in rows]))
+    assert card["threads"] == "1 (--threads)" and card["forgetting"] == "60 clean test images"
+    assert 0 <= results["ece"] <= 100 and all("ece" in d for d in results["per_domain"])
+    assert results["forgetting"] == pytest.approx(
+        results["clean_error_after"] - results["clean_error_before"]
+    )
+    stream = results["stream"]
+    assert stream["images"] == [20, 40, 60, 80] and stream["domain_starts_images"] == [0, 40]
+    assert len(stream["error"]) == 4 and (out / "stream.png").exists()
+    csv_header = (out / "results.csv").read_text().splitlines()[0]
+    assert csv_header == "domain,severity,n,source_error,all_layers_error,error,ece"
+    assert passes == [1]
+    assert run_main([*base, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert passes == [1], "the same all-layers baseline comes from the cache"
+    assert again["all_layers_per_domain"] == rows and again["per_domain"] == results["per_domain"]
+    assert run_main([*base, "--params", "norm", "--out", str(tmp_path / "norm")]) == 0
+    norm = json.loads((tmp_path / "norm" / "results.json").read_text())
+    assert norm["all_layers_method"]["params"] == "norm" and passes == [1, 1]
+    assert run_main([*base, "--no-all-layers", "--out", str(tmp_path / "off")]) == 0
+    off = json.loads((tmp_path / "off" / "results.json").read_text())
+    assert off["all_layers_per_domain"] == [] and off["all_layers_mean_error"] is None
+    assert off["protocol"]["all_layers_baseline"] == "off (--no-all-layers)"
+    assert off["per_domain"] == results["per_domain"], "the baseline does not change the run"
+
+
+def test_forgetting_and_threads_flags(trained, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--data-root", str(trained), "--no-source", *TINY, "--out", str(out)]
+    assert run_main([*args, "--forgetting", "0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["forgetting"] is None and results["clean_error_before"] is None
+    assert results["protocol"]["forgetting"] == "off (--forgetting 0)"
+    assert results["protocol"]["all_layers_baseline"] == "none (the selector is all)"
+    assert run_main([*args, "--threads", "0"]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
+    assert run_main([*args, "--forgetting", "-1"]) == 2
+    assert "--forgetting takes a number of images >= 0" in capsys.readouterr().err

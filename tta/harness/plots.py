@@ -119,7 +119,9 @@ def plot_stream(curve: dict, baselines: list[Baseline], label: str, path: Path) 
     for baseline in baselines:
         style = styles.get(baseline.key, {"colors": "tab:orange", "linestyles": "dotted"})
         _domain_steps(ax, curve, baseline.rows, end, baseline.label, linewidth=1.2, **style)
-    ax.plot(curve["images"], curve["error"], color="tab:blue", linewidth=1.0, label=label)
+    if curve["images"]:  # each window a flat step over the images it covers
+        edges = [curve["images"][0] - curve["n"][0], *curve["images"]]
+        ax.stairs(curve["error"], edges, baseline=None, color="tab:blue", lw=1.0, label=label)
     names = curve["domains"]
     many = len(names) > MAX_DOMAIN_LABELS  # then only a change of name is a strong line
     for k, start in enumerate(curve["domain_starts_images"][1:], start=1):
