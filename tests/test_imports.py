@@ -35,6 +35,7 @@ RANKS = {
     "tta": 6,
     "tta.harness": 7,
     "tta.cli": 8,
+    "tta.sweep_cli": 8,
 }
 
 
