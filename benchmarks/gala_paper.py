@@ -129,6 +129,8 @@ def run_row(name: str, args: str, root: Path) -> tuple[str, float, int]:
         log.write("tta-run " + shlex.join(argv) + "\n")
         log.flush()
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code == 0 and not finished(out):
+        code = 1  # exited without complete results: count it as a failure
     return name, time.perf_counter() - start, code
 
 

@@ -284,3 +284,7 @@ def train_main(argv: list[str] | None = None) -> int:
         torch.save(checkpoint, SHIPPED_DIR / f"{config.key()}.pt")
     print(f"{config.key()}: clean accuracy {checkpoint['clean_accuracy']:.2f}%")
     return 0
+
+
+if __name__ == "__main__":  # python -m tta.cli ARGS: the same as tta-run ARGS
+    sys.exit(run_main())
