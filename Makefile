@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,models,sweep]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,models,sweep,robust]'
 	touch $@
 
 data:

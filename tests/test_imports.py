@@ -34,7 +34,9 @@ RANKS = {
     "tta.api": 6,
     "tta": 6,
     "tta.harness": 7,
+    "tta.robust": 7,  # beside the core: uses engine/api/models/data, used by nothing below
     "tta.cli": 8,
+    "tta.robust_cli": 8,
     "tta.sweep_cli": 8,
 }
 
