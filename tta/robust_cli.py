@@ -88,7 +88,9 @@ def margins_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=parse_eps, default=8 / 255)
     p.add_argument("--n", type=int, default=2000, help="the whole set: first N test images")
     p.add_argument("--n-subset", type=int, default=500, help="samples given input margins")
-    p.add_argument("--n-heldout", type=int, default=500, help="train images for the pseudo-margin")
+    p.add_argument(
+        "--n-heldout", type=int, default=500, help="last train images, for the pseudo-margin"
+    )
     p.add_argument("--pseudo", choices=("logits", "features", "none"), default="logits")
     p.add_argument("--method", choices=("fab", "bisection"), default="fab")
     p.add_argument("--bisection-iters", type=int, default=8)
@@ -164,9 +166,7 @@ def run_margins(args: argparse.Namespace) -> dict:
     x, y = fmnist_images("test", args.n, args.data_root)
     heldout = None
     if args.pseudo != "none" and args.n_heldout > 0:
-        heldout = fmnist_images(
-            "train", args.n_heldout, args.data_root, offset=60000 - args.n_heldout
-        )[0]
+        heldout = fmnist_images("train", args.n_heldout, args.data_root, last=True)[0]
     options = {"iters": args.bisection_iters} if args.method == "bisection" else {}
     result = margin_consistency(
         model,

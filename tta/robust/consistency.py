@@ -98,7 +98,7 @@ def margin_consistency(
     seconds: dict[str, float] = {}
     with attack_state(model) as net:
         tick = time.perf_counter()
-        logits, features = logits_and_features(net, images, batch_size)
+        logits, features = logits_and_features(net, images, batch_size, pseudo == "features")
         d_out_all = logit_margin(logits)
         correct = logits.argmax(1) == labels
         seconds["clean_pass"] = time.perf_counter() - tick
@@ -143,7 +143,9 @@ def margin_consistency(
         pseudo_scores = None
         if pseudo is not None and heldout_images is not None:
             tick = time.perf_counter()
-            held_logits, held_features = logits_and_features(net, heldout_images, batch_size)
+            held_logits, held_features = logits_and_features(
+                net, heldout_images, batch_size, pseudo == "features"
+            )
             held = input_margins(net, heldout_images, norm, method, batch_size, seed + 1, **options)
             inputs = held_logits if pseudo == "logits" else held_features
             regressor = fit_pseudo_margin(inputs, held.margins, epochs=pseudo_epochs, seed=seed)

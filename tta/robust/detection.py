@@ -91,10 +91,14 @@ def detection_metrics(
 
 
 def roc_points(d_in: np.ndarray | torch.Tensor, d_out: np.ndarray | torch.Tensor, eps: float):
-    """(fpr, tpr) arrays of the ROC curve of `-d_out` detecting `d_in <= eps` (for plots)."""
+    """(fpr, tpr) arrays of the ROC curve of `-d_out` detecting `d_in <= eps` (for plots);
+    empty when only one kind of sample is present."""
     from sklearn.metrics import roc_curve
 
-    fprs, tprs, _ = roc_curve(nonrobust(d_in, eps), -_numpy(d_out))
+    labels = nonrobust(d_in, eps)
+    if labels.all() or not labels.any():
+        return np.array([]), np.array([])
+    fprs, tprs, _ = roc_curve(labels, -_numpy(d_out))
     return fprs, tprs
 
 

@@ -36,12 +36,14 @@ def load_named_model(spec: str, data_root: str | None = None) -> tuple[nn.Module
 
 
 def fmnist_images(
-    split: str = "test", n: int | None = None, data_root: str | None = None, offset: int = 0
+    split: str = "test", n: int | None = None, data_root: str | None = None, last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, 32, 32) float in [0, 1] and labels of Fashion-MNIST `split`, samples
-    `offset .. offset + n` (all when n is None)."""
+    """Images (N, 3, 32, 32) float in [0, 1] and labels of Fashion-MNIST `split`: its first
+    `n` samples (its last `n` with `last`; all when n is None)."""
     images, labels = load_fmnist(split, data_root)
-    end = len(images) if n is None else offset + n
+    n = len(images) if n is None else n
+    offset = len(images) - n if last else 0
+    end = offset + n
     if offset < 0 or end > len(images):
         raise ValueError(f"{split} has {len(images)} images; asked for {offset}..{end}")
     x = torch.from_numpy(images[offset:end]).permute(0, 3, 1, 2).float() / 255

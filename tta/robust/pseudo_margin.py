@@ -85,19 +85,26 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def logits_and_features(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 500
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and penultimate features (the input of the last linear layer), in batches."""
-    logits, features = [], []
+    model: nn.Module, x: torch.Tensor, batch_size: int = 500, features: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and (when `features`) penultimate features, the input of the last linear
+    layer, computed in batches; features are None when not asked for."""
+    logits, found = [], []
     with attack_state(model) as net:
-        head = last_linear(net)
         seen: list[torch.Tensor] = []
-        handle = head.register_forward_hook(lambda m, args, out: seen.append(args[0].flatten(1)))
+        handle = None
+        if features:
+            head = last_linear(net)
+            handle = head.register_forward_hook(
+                lambda m, args, out: seen.append(args[0].flatten(1))
+            )
         try:
             for begin in range(0, x.shape[0], batch_size):
                 seen.clear()
                 logits.append(net(x[begin : begin + batch_size]))
-                features.append(seen[-1])
+                if features:
+                    found.append(seen[-1])
         finally:
-            handle.remove()
-    return torch.cat(logits), torch.cat(features)
+            if handle is not None:
+                handle.remove()
+    return torch.cat(logits), (torch.cat(found) if features else None)
