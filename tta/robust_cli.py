@@ -111,7 +111,8 @@ def train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--retrain", action="store_true")
+    p.add_argument("--retrain", action="store_true", help="train even if a checkpoint exists")
+    p.add_argument("--ship", action="store_true", help="also copy it to tta/robust/weights/")
 
 
 def run_eval(args: argparse.Namespace) -> dict:
@@ -207,6 +208,11 @@ def run_train(args: argparse.Namespace) -> dict:
         seed=args.seed,
     )
     _, checkpoint = robust_model(config, args.data_root, retrain=args.retrain)
+    if args.ship:
+        from tta.robust.train import SHIPPED_DIR
+
+        SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, SHIPPED_DIR / f"{config.key()}.pt")
     print(
         f"{config.key()}: clean accuracy {checkpoint['clean_accuracy']:.2f}%, "
         f"trained in {checkpoint['train_time_s']:.0f} s"

@@ -1,0 +1,93 @@
+"""Speed of tta.robust on the shipped Fashion-MNIST ResNet-20 (CPU; one thread by default).
+
+Measures, on the first N clean test images:
+- one clean pass (inference) over the N images;
+- APGD-CE throughput: images x steps per second (images/s per APGD step), at one budget
+  where nothing is fooled early (1/255 on the robust model), so every step costs a
+  forward and a backward on the whole batch;
+- expected robustness (grid 1/255 to 8/255, APGD-CE 10 steps) and its cost in clean passes;
+- input margins per image: the APGD bisection and (if pyautoattack is installed) FAB.
+
+    OMP_NUM_THREADS=1 python benchmarks/robust_speed.py --n 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from tta.robust.apgd import apgd_ce
+from tta.robust.expected import expected_robustness
+from tta.robust.margins import input_margins
+from tta.robust.models import fmnist_images, load_named_model
+
+
+def seconds(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--margin-images", type=int, default=32)
+    p.add_argument("--models", default="source,robust")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    p.add_argument("--json", default=None, help="also write the numbers here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y = fmnist_images("test", args.n)
+    rows = {}
+    for name in args.models.split(","):
+        model, _ = load_named_model(name)
+        bs = args.batch_size
+
+        def clean(model=model):
+            with torch.no_grad():
+                return [model(x[b : b + bs]) for b in range(0, len(x), bs)]
+
+        clean()  # warm-up
+        clean_s, _ = seconds(clean)
+        steps = 10
+
+        def attack(model=model):
+            for b in range(0, len(x), bs):
+                apgd_ce(model, x[b : b + bs], y[b : b + bs], 1 / 255, steps=steps)
+
+        attack_s, _ = seconds(attack)
+        # steps + 1 gradient evaluations per image (the start point and each step)
+        per_step = args.n * (steps + 1) / attack_s
+        er_s, er = seconds(lambda model=model: expected_robustness(model, x, y, batch_size=bs))
+        sub = x[: args.margin_images]
+        bis_s, _ = seconds(lambda model=model: input_margins(model, sub, method="bisection"))
+        row = {
+            "clean_pass_s": clean_s,
+            "clean_images_per_s": args.n / clean_s,
+            "apgd_images_per_s_per_step": per_step,
+            "expected_robustness_s": er_s,
+            "expected_robustness_in_clean_passes": er_s / clean_s,
+            "E.adv": er.expected,
+            "bisection_s_per_image": bis_s / len(sub),
+        }
+        try:
+            import pyautoattack  # noqa: F401
+
+            fab_s, _ = seconds(lambda model=model: input_margins(model, sub, method="fab"))
+            row["fab_s_per_image"] = fab_s / len(sub)
+        except ImportError:
+            row["fab_s_per_image"] = None
+        rows[name] = row
+        print(name, json.dumps({k: round(v, 3) if v else v for k, v in row.items()}), flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"n": args.n, "threads": args.threads, "models": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
