@@ -26,10 +26,49 @@ from tta.robust.margins import input_margins
 from tta.robust.models import fmnist_images, load_named_model
 
 
-def seconds(fn) -> tuple[float, object]:
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return time.perf_counter() - start, out
+
+
+def clean_pass(model: torch.nn.Module, x: torch.Tensor, bs: int) -> None:
+    with torch.no_grad():
+        for b in range(0, len(x), bs):
+            model(x[b : b + bs])
+
+
+def apgd_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int, steps: int):
+    for b in range(0, len(x), bs):
+        apgd_ce(model, x[b : b + bs], y[b : b + bs], 1 / 255, steps=steps)
+
+
+def measure(model: torch.nn.Module, x, y, bs: int, margin_images: int) -> dict:
+    steps = 10
+    clean_pass(model, x, bs)  # warm-up
+    clean_s, _ = timed(clean_pass, model, x, bs)
+    attack_s, _ = timed(apgd_pass, model, x, y, bs, steps)
+    er_s, er = timed(expected_robustness, model, x, y, batch_size=bs)
+    sub = x[:margin_images]
+    bisection_s, _ = timed(input_margins, model, sub, method="bisection")
+    row = {
+        "clean_pass_s": clean_s,
+        "clean_images_per_s": len(x) / clean_s,
+        # steps + 1 gradient evaluations per image: the start point and each step
+        "apgd_images_per_s_per_step": len(x) * (steps + 1) / attack_s,
+        "expected_robustness_s": er_s,
+        "expected_robustness_in_clean_passes": er_s / clean_s,
+        "E.adv": er.expected,
+        "bisection_s_per_image": bisection_s / len(sub),
+        "fab_s_per_image": None,
+    }
+    try:
+        import pyautoattack  # noqa: F401
+    except ImportError:
+        return row
+    fab_s, _ = timed(input_margins, model, sub, method="fab")
+    row["fab_s_per_image"] = fab_s / len(sub)
+    return row
 
 
 def main() -> None:
@@ -46,44 +85,9 @@ def main() -> None:
     rows = {}
     for name in args.models.split(","):
         model, _ = load_named_model(name)
-        bs = args.batch_size
-
-        def clean(model=model):
-            with torch.no_grad():
-                return [model(x[b : b + bs]) for b in range(0, len(x), bs)]
-
-        clean()  # warm-up
-        clean_s, _ = seconds(clean)
-        steps = 10
-
-        def attack(model=model):
-            for b in range(0, len(x), bs):
-                apgd_ce(model, x[b : b + bs], y[b : b + bs], 1 / 255, steps=steps)
-
-        attack_s, _ = seconds(attack)
-        # steps + 1 gradient evaluations per image (the start point and each step)
-        per_step = args.n * (steps + 1) / attack_s
-        er_s, er = seconds(lambda model=model: expected_robustness(model, x, y, batch_size=bs))
-        sub = x[: args.margin_images]
-        bis_s, _ = seconds(lambda model=model: input_margins(model, sub, method="bisection"))
-        row = {
-            "clean_pass_s": clean_s,
-            "clean_images_per_s": args.n / clean_s,
-            "apgd_images_per_s_per_step": per_step,
-            "expected_robustness_s": er_s,
-            "expected_robustness_in_clean_passes": er_s / clean_s,
-            "E.adv": er.expected,
-            "bisection_s_per_image": bis_s / len(sub),
-        }
-        try:
-            import pyautoattack  # noqa: F401
-
-            fab_s, _ = seconds(lambda model=model: input_margins(model, sub, method="fab"))
-            row["fab_s_per_image"] = fab_s / len(sub)
-        except ImportError:
-            row["fab_s_per_image"] = None
-        rows[name] = row
-        print(name, json.dumps({k: round(v, 3) if v else v for k, v in row.items()}), flush=True)
+        rows[name] = measure(model, x, y, args.batch_size, args.margin_images)
+        shown = {k: round(v, 3) if v else v for k, v in rows[name].items()}
+        print(name, json.dumps(shown), flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"n": args.n, "threads": args.threads, "models": rows}, handle, indent=2)
