@@ -45,9 +45,12 @@ class Row:
     std: float | None = None
     per_domain: list[dict] = field(default_factory=list)
     ece: float | None = None
+    forgetting: float | None = None
     costs: dict[str, float | None] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     stream: list[float] | None = None  # error along the stream (mean over seeds)
+    stream_x: list[float] = field(default_factory=list)  # batch index of each stream point
+    stream_starts: list[float] = field(default_factory=list)  # batch where each domain starts
     missing: int = 0  # reported cells without finished results
 
 
@@ -67,6 +70,17 @@ def scalar(results: dict, key: str) -> float | None:
                 return float(value[name])
     values = [d[key] for d in results.get("per_domain", []) if isinstance(d.get(key), int | float)]
     return float(np.mean(values)) if values else None
+
+
+def stream_positions(results: dict) -> tuple[list[float] | None, list[float]]:
+    """The batch index of each stream point and the batches where domains start, when the
+    run's `stream` records them."""
+    value = results.get("stream")
+    if not isinstance(value, dict):
+        return None, []
+    x = value.get("batch")
+    starts = value.get("domain_starts_batches") or []
+    return (list(x) if isinstance(x, list) else None), list(starts)
 
 
 def stream_errors(results: dict) -> list[float] | None:
@@ -104,6 +118,9 @@ def summarize(name: str, kind: str, by_seed: dict[int, dict], **fields: Any) -> 
     results = list(by_seed.values())
     eces = [scalar(r, "ece") for r in results]
     row.ece = float(np.mean(eces)) if eces and all(e is not None for e in eces) else None
+    forgetting = [scalar(r, "forgetting") for r in results]
+    if forgetting and all(f is not None for f in forgetting):
+        row.forgetting = float(np.mean(forgetting))
     for key in COST_KEYS:
         values = [r.get(key) for r in results if isinstance(r.get(key), int | float)]
         row.costs[key] = float(np.mean(values)) if values else None
@@ -115,6 +132,8 @@ def summarize(name: str, kind: str, by_seed: dict[int, dict], **fields: Any) -> 
     if streams and len(streams) == len(results):
         length = min(map(len, streams))
         row.stream = list(np.mean([s[:length] for s in streams], axis=0))
+        x, row.stream_starts = stream_positions(results[0])
+        row.stream_x = x[:length] if x and len(x) >= length else list(range(length))
     return row
 
 

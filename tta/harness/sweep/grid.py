@@ -357,6 +357,6 @@ def with_overrides(grid: Grid, fixed: dict[str, Any], executor: dict[str, Any]) 
     spec = grid.executor
     if executor:
         merged = {k: v for k, v in dataclasses.asdict(spec).items() if k != "time_min"}
-        merged.update(time=spec.time_min, **executor)
+        merged.update({"time": spec.time_min, **executor})
         spec = parse_executor(merged, "command line")
     return dataclasses.replace(grid, fixed=new_fixed, executor=spec)

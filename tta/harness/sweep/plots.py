@@ -113,14 +113,30 @@ def error_vs_speed(rows: Sequence[Row]) -> bytes:
             xytext=(5, 4),
             fontsize=7,
         )
-    ax.set_xscale("log")
-    ax.set_xlabel("images / s (adaptation, log scale)")
+    wide = max(speeds) > 8 * min(speeds)
+    if wide:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_plain())
+        ax.xaxis.set_minor_formatter(_plain(minor=True))
+    ax.set_xlabel("images / s (adaptation" + (", log scale)" if wide else ")"))
     ax.set_ylabel("mean test error (%)")
     hidden = max(0, len(points) - MAX_LABELLED_POINTS)
     title = "error vs throughput" + (f" (best {MAX_LABELLED_POINTS} labelled)" if hidden else "")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     return _png(fig)
+
+
+def _plain(minor: bool = False):
+    """Tick labels as plain numbers (150, 300), not 1.5 x 10^2; minor ticks at 2 and 5 only."""
+    from matplotlib.ticker import FuncFormatter
+
+    def text(value: float, _: object) -> str:
+        if minor and f"{value:.0e}"[0] not in "25":
+            return ""
+        return f"{value:g}"
+
+    return FuncFormatter(text)
 
 
 def _smooth(values: Sequence[float], window: int) -> np.ndarray:
@@ -142,8 +158,11 @@ def along_stream(rows: Sequence[Row]) -> bytes:
         for r in per_batch:
             window = max(1, len(r.stream) // 60)
             smooth = _smooth(r.stream, window)
-            ax.plot(np.arange(len(smooth)) + window - 1, smooth, label=_short(r.name, 40), lw=1.4)
-        ax.set_xlabel("batch along the stream")
+            x = np.asarray(r.stream_x or range(len(r.stream)), dtype=float)[window - 1 :]
+            ax.plot(x[: len(smooth)], smooth, label=_short(r.name, 40), lw=1.4)
+        for start in per_batch[0].stream_starts[1:]:
+            ax.axvline(start, color="#777777", lw=1.0, ls=":")
+        ax.set_xlabel("batch along the stream (dotted: a new domain starts)")
         title = "error along the stream (per batch, moving average), best rows"
     else:
         for r in best:
@@ -183,11 +202,10 @@ def selection_gap(gaps: Sequence[Gap]) -> bytes:
     ax.set_xlabel("mean test error (%)")
     hidden = len(known) - len(shown)
     ax.set_title(
-        "selected vs oracle"
-        + (f" (largest {len(shown)} gaps; {hidden} more)" if hidden > 0 else ""),
+        "blue: selected on validation; grey: oracle (best on test, optimistic)"
+        + (f"\nlargest {len(shown)} gaps shown; {hidden} more in the table" if hidden > 0 else ""),
         fontsize=10,
     )
-    ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     right = np.nanmax([*selected, *oracle]) if shown else 1.0
     ax.set_xlim(0, right * 1.18 + 1)
