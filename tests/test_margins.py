@@ -12,6 +12,7 @@ from test_robust_linear import linear_problem
 
 from tta.robust import (
     brittle_fraction,
+    calibrate_threshold,
     detection_metrics,
     estimate_robust_accuracy,
     fit_pseudo_margin,
@@ -154,3 +155,16 @@ def test_margin_consistency_end_to_end_on_the_linear_model():
     assert s["estimate"]["estimate"] == pytest.approx(100 * np.mean(correct & (m > cut)))
     assert result.protocol["min_norm"]["method"] == "bisection"
     assert {"tau", "detection"} <= set(s["pseudo"])
+
+
+def test_calibrated_threshold_flags_95_percent_of_the_nonrobust_source_images():
+    model, x, _, margins = linear_problem(n=40)
+    eps = float(margins.sort().values[19:21].mean())
+    calibration = calibrate_threshold(model, x, eps, iters=10)
+    with torch.no_grad():
+        logits = model(x)
+    d_out = logit_margin(logits).numpy()
+    positives = np.sort(d_out[margins.numpy() <= eps])  # 20 non-robust: flag 19 of them
+    assert calibration.threshold == pytest.approx(positives[18])
+    assert calibration.nonrobust_share == 50.0
+    assert brittle_fraction(logits, calibration.threshold) == pytest.approx(19 / 40)

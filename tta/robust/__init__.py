@@ -4,7 +4,7 @@ Attacks (`pgd`, `apgd_ce`; AutoAttack through pyautoattack in `tta.robust.autoat
 any model taking [0, 1] images, attacked in a stated state (`attack_state`); expected
 robustness (`expected_robustness`); margin consistency (`logit_margin`, `input_margins`,
 `kendall_tau`, `detection_metrics`, `subset_estimate`, the pseudo-margin and
-`margin_consistency`); the pieces a brittleness monitor needs (`threshold_at_tpr`,
+`margin_consistency`); the pieces a brittleness monitor needs (`calibrate_threshold`,
 `brittle_fraction`); an adversarially trained Fashion-MNIST ResNet-20 (`robust_model`).
 """
 
@@ -21,6 +21,7 @@ from tta.robust.detection import (
 )
 from tta.robust.expected import ExpectedRobustness, budget_grid, expected_robustness
 from tta.robust.margins import InputMargins, input_margins, kendall_tau, logit_margin
+from tta.robust.monitor import BrittlenessThreshold, calibrate_threshold
 from tta.robust.pgd import pgd
 from tta.robust.pseudo_margin import PseudoMargin, fit_pseudo_margin
 from tta.robust.state import attack_state
@@ -28,6 +29,7 @@ from tta.robust.train import RobustTrainConfig, robust_model
 
 __all__ = [
     "AttackResult",
+    "BrittlenessThreshold",
     "ExpectedRobustness",
     "InputMargins",
     "MarginConsistency",
@@ -37,6 +39,7 @@ __all__ = [
     "attack_state",
     "brittle_fraction",
     "budget_grid",
+    "calibrate_threshold",
     "detection_metrics",
     "estimate_robust_accuracy",
     "expected_robustness",
