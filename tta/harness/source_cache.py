@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def cached_stream(path: Path, compute: Callable[[], StreamResult]) -> StreamResu
     result = compute()
     if not result.interrupted:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique: parallel sweep cells
         tmp.write_text(json.dumps(result.per_domain))
         tmp.replace(path)
     return result

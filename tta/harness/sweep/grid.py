@@ -34,7 +34,7 @@ from tta.harness.config import RunConfig
 RESERVED = {"out": "the sweep names each cell's directory"}
 OPTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in RESERVED)
 FLOAT_OPTIONS = {"lr", "momentum", "dirichlet_delta"}
-INT_OPTIONS = {"steps", "severity", "seed", "order_seed", "batch_size"}
+INT_OPTIONS = {"steps", "severity", "seed", "order_seed", "batch_size", "forgetting", "threads"}
 DICT_OPTIONS = {"loss_options", "selector_options", "sample_filter_options", "norm_options"}
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 EXECUTORS = ("local", "slurm", "debug")

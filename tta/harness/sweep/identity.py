@@ -2,7 +2,7 @@
 
 Two cells with the same identity are the same experiment, whichever grid or axis produced
 them (the selected cell of a `select:` stage is the oracle's cell of the same value), so it
-runs once. Where things live (`data_root`, `model_dir`), where they run (`device`) and
+runs once. Where things live (`data_root`, `model_dir`), where they run (`device`, `threads`) and
 whether data may be downloaded are not part of it: a study moved to another cluster
 resumes. Presets, defaults and named domain sets are resolved first, so `corruptions:
 heldout` and the four names spelled out are one cell.
@@ -18,7 +18,7 @@ from typing import Any
 from tta.data.domain_sets import resolve_domains
 from tta.harness.config import RunConfig, parse_n_per_domain, resolve
 
-NOT_IDENTITY = ("out", "download", "data_root", "model_dir", "device")
+NOT_IDENTITY = ("out", "download", "data_root", "model_dir", "device", "threads")
 ID_LENGTH = 12
 
 
@@ -33,7 +33,7 @@ def identity(config: RunConfig) -> dict[str, Any]:
     resolved = resolve(config)
     data = dataclasses.asdict(resolved)
     for name in NOT_IDENTITY:
-        data.pop(name)
+        data.pop(name, None)
     if resolved.corruptions is not None:
         data["corruptions"] = list(resolve_domains(resolved.corruptions))
     data["n_per_domain"] = parse_n_per_domain(resolved.n_per_domain, resolved.benchmark)
