@@ -83,7 +83,7 @@ def test_rows_are_means_and_population_stds_over_seeds(tmp_path):
     assert table[0]["row"] == "method=tent" and float(table[0]["mean_error"]) == pytest.approx(30.0)
     assert float(table[0]["fog std"]) == pytest.approx(fog["std"], abs=1e-4)
     markdown = paths["markdown"].read_text()
-    assert "| 1 | method=tent | - | 3 | 30.00 +- 14.72 | 2.000 | 200 | 70 |" in markdown
+    assert "| 1 | method=tent | - | 3 | 30.00 +- 14.72 | 2.000 | - | 200 | 70 |" in markdown
     page = paths["html"].read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 3 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)

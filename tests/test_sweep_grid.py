@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_sweep_fixtures import tiny_grid, tiny_grid_data, write_grid
 
@@ -124,3 +126,20 @@ def test_command_line_overrides(tmp_path):
     assert new.executor.gpus == 2 and new.executor.time_min == 60
     with pytest.raises(GridError, match="axes of the grid"):
         with_overrides(grid, {"lr": 0.3}, {})
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_grids_expand(path):
+    grid = load_grid(path)
+    plan = build_plan(grid)
+    assert plan.test and grid.out == Path("runs/sweeps") / path.stem
+    if path.stem == "fmnist_zoo":
+        assert grid.executor.kind == "local" and grid.executor.parallel == 2
+        assert len(plan.unique(plan.cells)) == 96 and grid.select.axes == ("lr",)
+        assert {c.seed for c in plan.test} == {0, 1}
+    else:
+        assert grid.executor.kind == "slurm" and grid.executor.gpus == 1
+        assert "NOT runnable on the development machines" in path.read_text()

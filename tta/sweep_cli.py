@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `tta-sweep GRID --status | head`
+        return 0
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -49,13 +49,14 @@ def chosen(row: Row) -> str:
 
 
 def summary_table(rows: Sequence[Row]) -> list[str]:
-    head = "| # | row | chosen | seeds | error % | ECE | img/s | peak MB | fwd | bwd | skipped |"
+    head = "| # | row | chosen | seeds | error % | ECE | forgetting | img/s | peak MB | fwd | bwd | skipped |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for rank, row in enumerate(rows, 1):
         c = row.costs
         lines.append(
             f"| {rank} | {row.name} | {chosen(row) or '-'} | {len(row.seeds)} | "
-            f"{pm(row.mean, row.std)} | {fmt(row.ece, 3)} | {fmt(c.get('images_per_s'), 0)} | "
+            f"{pm(row.mean, row.std)} | {fmt(row.ece, 3)} | {fmt(row.forgetting)} | "
+            f"{fmt(c.get('images_per_s'), 0)} | "
             f"{fmt(row.peak_memory_mb, 0)} | {fmt(c.get('n_forward'), 0)} | "
             f"{fmt(c.get('n_backward'), 0)} | {fmt(c.get('n_skipped'), 0)} |"
         )
@@ -123,7 +124,7 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
     """Every row (selected, oracle, source) with its axes, costs and per-domain columns."""
     columns = domain_columns(rows)
     axes = list(dict.fromkeys(k for row in rows for k in [*row.axes, *row.candidate]))
-    head = ["rank", "kind", "row", *axes, "n_seeds", "mean_error", "std_error", "ece"]
+    head = ["rank", "kind", "row", *axes, "n_seeds", "mean_error", "std_error", "ece", "forgetting"]
     head += ["images_per_s", "peak_memory_mb", "n_forward", "n_backward", "n_steps", "n_skipped"]
     head += [f"{name}{suffix}" for name, _ in columns for suffix in ("", " std")]
     with open(path, "w", newline="") as handle:
@@ -133,7 +134,13 @@ def write_csv(path: Path, rows: Sequence[Row]) -> None:
             values = domain_values(row)
             line = [rank, row.kind, row.name]
             line += [{**row.axes, **row.candidate}.get(a, "") for a in axes]
-            line += [len(row.seeds), _num(row.mean), _num(row.std), _num(row.ece)]
+            line += [
+                len(row.seeds),
+                _num(row.mean),
+                _num(row.std),
+                _num(row.ece),
+                _num(row.forgetting),
+            ]
             line += [_num(row.costs.get("images_per_s")), _num(row.peak_memory_mb)]
             line += [
                 _num(row.costs.get(k)) for k in ("n_forward", "n_backward", "n_steps", "n_skipped")

@@ -94,35 +94,76 @@ def heatmap(rows: Sequence[Row]) -> bytes:
 
 
 def error_vs_speed(rows: Sequence[Row]) -> bytes:
-    """Mean error against images/s; the best rows labelled."""
+    """Mean error against images/s: colour by the first axis (e.g. method), marker by the
+    second (e.g. selector); the best few rows are labelled."""
     plt = _pyplot()
     points = [r for r in rows if r.mean is not None and r.costs.get("images_per_s")]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     if not points:
         ax.text(0.5, 0.5, "no finished run reports images/s", ha="center", transform=ax.transAxes)
         return _png(fig)
-    speeds = [r.costs["images_per_s"] for r in points]
-    errors = [r.mean for r in points]
-    stds = [r.std or 0.0 for r in points]
-    ax.errorbar(speeds, errors, yerr=stds, fmt="o", ms=5, alpha=0.75, ecolor="#999999", capsize=2)
-    for r in sorted(points, key=lambda r: r.mean)[:MAX_LABELLED_POINTS]:
+    names = list(points[0].axes)
+    first = list(dict.fromkeys(r.axes.get(names[0], "") for r in points)) if names else [""]
+    second = (
+        list(dict.fromkeys(r.axes.get(names[1], "") for r in points)) if len(names) > 1 else [""]
+    )
+    colours = plt.get_cmap("tab10").colors
+    markers = "osD^vP*Xh<>"
+    for r in points:
+        a = r.axes.get(names[0], "") if names else ""
+        b = r.axes.get(names[1], "") if len(names) > 1 else ""
+        i, j = first.index(a), second.index(b)
+        colour = colours[i] if i < len(colours) else "#999999"
+        ax.errorbar(
+            r.costs["images_per_s"],
+            r.mean,
+            yerr=r.std or 0.0,
+            fmt=markers[j % len(markers)],
+            ms=6,
+            color=colour,
+            ecolor="#bbbbbb",
+            capsize=2,
+            alpha=0.85,
+        )
+    for rank, r in enumerate(sorted(points, key=lambda r: r.mean)[:MAX_LABELLED_POINTS]):
         ax.annotate(
-            _short(r.name, 32),
+            f"#{rank + 1}",
             (r.costs["images_per_s"], r.mean),
             textcoords="offset points",
-            xytext=(5, 4),
+            xytext=(5, 3 + 7 * (rank % 2)),
             fontsize=7,
         )
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", color=colours[i], label=f"{names[0]}={v}")
+        for i, v in enumerate(first[: len(colours)])
+        if names
+    ]
+    if len(first) > len(colours):
+        handles.append(plt.Line2D([], [], ls="", marker="o", color="#999999", label="other"))
+    if len(names) > 1 and len(second) > 1:
+        handles += [
+            plt.Line2D(
+                [],
+                [],
+                ls="",
+                marker=markers[j % len(markers)],
+                color="#444444",
+                label=f"{names[1]}={v}",
+            )
+            for j, v in enumerate(second)
+        ][:12]
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    speeds = [r.costs["images_per_s"] for r in points]
     wide = max(speeds) > 8 * min(speeds)
     if wide:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_plain())
         ax.xaxis.set_minor_formatter(_plain(minor=True))
     ax.set_xlabel("images / s (adaptation" + (", log scale)" if wide else ")"))
-    ax.set_ylabel("mean test error (%)")
-    hidden = max(0, len(points) - MAX_LABELLED_POINTS)
-    title = "error vs throughput" + (f" (best {MAX_LABELLED_POINTS} labelled)" if hidden else "")
-    ax.set_title(title, fontsize=10)
+    ax.set_ylabel("mean test error (%), +- std over seeds")
+    shown = min(len(points), MAX_LABELLED_POINTS)
+    ax.set_title(f"error vs throughput (#k: leaderboard rank, best {shown} marked)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     return _png(fig)
 

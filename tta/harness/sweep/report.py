@@ -30,7 +30,7 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1
 table { border-collapse: collapse; font-size: 12.5px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; position: sticky; top: 0; }
-td.name, th.name { text-align: left; white-space: normal; max-width: 340px; }
+td.name, th.name { text-align: left; white-space: normal; min-width: 230px; max-width: 360px; }
 tr.source td { color: #666; font-style: italic; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .note { color: #555; font-size: 13px; }
@@ -93,6 +93,7 @@ def summary_html(rows: list[Row], sources: list[Row]) -> str:
         "seeds",
         "error %",
         "ECE",
+        "forgetting",
         "img/s",
         "peak MB",
         "fwd",
@@ -113,6 +114,7 @@ def summary_html(rows: list[Row], sources: list[Row]) -> str:
             len(row.seeds),
             pm(row.mean, row.std),
             fmt(row.ece, 3),
+            fmt(row.forgetting),
             fmt(c.get("images_per_s"), 0),
             fmt(row.peak_memory_mb, 0),
             fmt(c.get("n_forward"), 0),
