@@ -57,3 +57,15 @@ def test_poisoned_test_labels_do_not_change_the_selection(fmnist_root, tmp_path,
         (clean.read(c.id)["mean_error"], poison.read(c.id)["mean_error"]) for c in poison.plan.test
     ]
     assert any(a != b for a, b in test_errors), "the poison reached the test stream"
+
+
+def test_without_the_oracle_only_the_selected_setting_meets_the_test_stream(fmnist_root, tmp_path):
+    grid = tiny_grid(
+        fmnist_root, tmp_path / "out", AXES, select={**SELECT, "oracle": False}, params="all"
+    )
+    sweep, summary = drive(grid, echo=lambda _: None)
+    (choice,) = selections(sweep.plan, sweep.read).values()
+    ran = {c.id for c in sweep.plan.cells if sweep.read(c.id) is not None}
+    selected = [c for c in sweep.plan.test if c.candidate == choice.chosen]
+    assert ran == {c.id for c in sweep.plan.validation} | {c.id for c in selected}
+    assert summary.counts == {"done": 3} and summary.started == 3

@@ -82,12 +82,12 @@ class Driver:
         try:
             while True:
                 todo = self.step()
+                if not self.wait:  # --no-wait: what could start is submitted
+                    break
                 busy = self.inflight or any(
                     sweep.state(c.id).status in ("running", "queued") for c in sweep.needed()
                 )
                 if not todo and not busy:
-                    break
-                if not self.wait and not todo:
                     break
                 time.sleep(self.spec.poll_s)
         except KeyboardInterrupt:
@@ -134,10 +134,10 @@ class Driver:
             }
             free = self.spec.parallel - len(self.inflight) - len(foreign)
             batches = batches[: max(0, free)]
-        elif self.spec.kind == "debug":
-            batches = batches[:1]
         if batches:
             self.submit(batches)
+            if self.spec.kind == "debug":
+                self.collect()  # submitit's debug jobs run when asked for their result
         return todo
 
     def submit(self, batches: list[list[Cell]]) -> None:

@@ -63,7 +63,7 @@ class ExecutorSpec:
     threads: int | None = None  # torch threads per job (local: cores / parallel)
     cells_per_job: int = 1
     time_min: int = 24 * 60
-    poll_s: float = 2.0
+    poll_s: float = 2.0  # how often the driver looks at its jobs (slurm: 60)
     heartbeat_s: float = 30.0
     partition: str | None = None
     cpus: int | None = None
@@ -236,6 +236,8 @@ def parse_executor(data: Any, where: str) -> ExecutorSpec:
         raise GridError(f"{where}.kind: unknown executor {kind!r}; one of {', '.join(EXECUTORS)}")
     known = {f.name for f in dataclasses.fields(ExecutorSpec)} - {"kind", "time_min"}
     values: dict[str, Any] = {"kind": kind}
+    if kind == "slurm":
+        values["poll_s"] = 60.0  # sacct is a shared service: ask it once a minute
     if "array_parallelism" in data:
         data["parallel"] = data.pop("array_parallelism")
     if "time" in data:
