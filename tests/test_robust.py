@@ -16,7 +16,7 @@ from test_robust_linear import linear_problem
 from tta.robust import budget_grid, expected_robustness
 from tta.robust.expected import trapezoid_mean
 from tta.robust.train import RobustTrainConfig, fgsm_rs, robust_model, triangle
-from tta.robust_cli import main, parse_eps
+from tta.robust_cli import main, parse_eps, parse_eps_list
 
 
 def test_budget_grid_steps_by_1_255_and_ends_at_eps_max():
@@ -98,6 +98,7 @@ def test_robust_model_is_trained_once_then_read_from_the_cache(tmp_path, monkeyp
 
 def test_parse_eps():
     assert parse_eps("8/255") == pytest.approx(8 / 255)
+    assert parse_eps_list("2/255,8/255") == pytest.approx([2 / 255, 8 / 255])
     assert parse_eps("0.5") == 0.5 and parse_eps("inf") == math.inf
 
 
@@ -119,9 +120,11 @@ def test_cli_margins_writes_json_and_plots(fmnist_root, tmp_path):
     out = tmp_path / "margins"
     argv = ["margins", "--data-root", str(fmnist_root), "--n", "30", "--n-subset", "12"]
     argv += ["--n-heldout", "12", "--method", "bisection", "--bisection-iters", "1"]
-    assert main(argv + ["--truth-steps", "1", "--eps", "4/255", "--out", str(out)]) == 0
+    assert main(argv + ["--truth-steps", "1", "--eps", "1/255,4/255", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"tau", "detection", "estimate", "truth", "pseudo", "protocol"} <= set(results)
+    assert {"tau", "pseudo_tau", "by_eps", "protocol", "seconds"} <= set(results)
+    assert [e["eps_255"] for e in results["by_eps"]] == pytest.approx([1, 4])
+    assert {"detection", "estimate", "truth", "pseudo_detection"} <= set(results["by_eps"][0])
     assert results["protocol"]["min_norm"]["method"] == "bisection"
     assert len(results["margins"]["d_in"]) == 12
     assert (out / "margins_scatter.png").exists() and (out / "roc.png").exists()

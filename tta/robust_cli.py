@@ -26,6 +26,10 @@ def parse_eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a budget: {text!r} (use 8/255 or 0.03)") from error
 
 
+def parse_eps_list(text: str) -> list[float]:
+    return [parse_eps(part) for part in text.split(",") if part.strip()]
+
+
 def json_safe(value: object) -> object:
     """inf/nan -> None, tensors -> lists, so the results are strict JSON."""
     if isinstance(value, dict):
@@ -85,7 +89,12 @@ def eval_parser(sub: argparse._SubParsersAction) -> None:
 def margins_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("margins", help="margin consistency: tau, detection, subset estimate")
     common_flags(p)
-    p.add_argument("--eps", type=parse_eps, default=8 / 255)
+    p.add_argument(
+        "--eps",
+        type=parse_eps_list,
+        default=[8 / 255],
+        help="budget(s), comma-separated (e.g. 2/255,8/255): margins are computed once",
+    )
     p.add_argument("--n", type=int, default=2000, help="the whole set: first N test images")
     p.add_argument("--n-subset", type=int, default=500, help="samples given input margins")
     p.add_argument(

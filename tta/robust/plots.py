@@ -38,31 +38,37 @@ def plot_accuracy_vs_eps(results: dict[str, ExpectedRobustness], path: Path) -> 
 
 
 def plot_margin_scatter(result: MarginConsistency, path: Path) -> Path:
-    """Input margin vs logit margin of the subset, eps marked, tau in the title."""
+    """Input margin vs logit margin of the subset, each eps marked, tau in the title."""
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
     finite = np.isfinite(result.d_in)
     ax.scatter(result.d_in[finite] * 255, result.d_out[finite], s=6, alpha=0.5)
-    ax.axvline(result.protocol["eps"] * 255, color="red", linestyle="--", label="eps")
-    ax.set_xlabel(f"input margin ({result.protocol['norm']}, x 1/255)")
+    for eps in result.protocol["eps"]:
+        ax.axvline(eps * 255, color="red", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(f"input margin ({result.protocol['norm']}, x 1/255; dashed: eps)")
     ax.set_ylabel("logit margin")
     ax.set_title(f"Kendall tau {result.summary['tau']:.3f}")
-    ax.legend()
     return _save(fig, path)
 
 
 def plot_roc(result: MarginConsistency, path: Path) -> Path:
-    """ROC of detecting non-robust samples by the logit margin (and the pseudo-margin)."""
+    """ROC of detecting non-robust samples by the logit margin (solid) and the
+    pseudo-margin (dashed), one colour per eps (budgets with one kind of sample omitted)."""
     fig = Figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    curves = [("logit margin", result.summary["roc"], result.summary["detection"])]
-    if result.summary.get("pseudo"):
-        pseudo = result.summary["pseudo"]
-        curves.append(("pseudo-margin", pseudo["roc"], pseudo["detection"]))
-    for name, roc, det in curves:
-        ax.plot(roc["fpr"], roc["tpr"], label=f"{name} (AUROC {det['auroc']:.1f})")
+    for index, entry in enumerate(result.summary["by_eps"]):
+        color = f"C{index}"
+        eps = f"{entry['eps'] * 255:.3g}/255"
+        curves = [("logit", entry["roc"], entry["detection"], "-")]
+        if entry.get("pseudo_roc"):
+            curves.append(("pseudo", entry["pseudo_roc"], entry["pseudo_detection"], "--"))
+        for name, roc, det, style in curves:
+            if len(roc["fpr"]):
+                label = f"{name} {eps} (AUROC {det['auroc']:.1f})"
+                ax.plot(roc["fpr"], roc["tpr"], style, color=color, label=label)
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=7)
     return _save(fig, path)
