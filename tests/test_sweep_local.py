@@ -1,5 +1,6 @@
 """The local executor (real processes through submitit): a 2x2x2 grid, and a driver killed
-with SIGKILL mid-sweep then restarted, which must lose no finished cell and rerun none."""
+with SIGKILL mid-sweep (one cell finished, another running in a job the driver started),
+then restarted: it must lose no finished cell, wait for the orphaned one, rerun none."""
 
 from __future__ import annotations
 
@@ -38,10 +39,20 @@ def test_a_2x2x2_grid_through_local_processes(fmnist_root, tmp_path):
     assert summary.started == 0 and summary.counts == {"done": 8}
 
 
+def mid_sweep(out: Path) -> list[str]:
+    """The cells running (claimed, no results) once at least one other cell has finished."""
+    if not results_of(out):
+        return []
+    cells = (out / "cells").iterdir()
+    return [
+        d.name for d in cells if (d / "running.json").exists() and not (d / "results.json").exists()
+    ]
+
+
 def test_kill_9_of_the_driver_loses_nothing_and_reruns_nothing(fmnist_root, tmp_path):
     out = tmp_path / "out"
-    axes = {"method": ["tent", "pl"], "seed": [0, 1]}
-    data = tiny_grid_data(fmnist_root, out, axes, {**LOCAL, "cells_per_job": 1})
+    axes = {"method": ["tent"], "seed": [0, 1, 2]}
+    data = tiny_grid_data(fmnist_root, out, axes, {**LOCAL, "cells_per_job": 2})
     grid_file = write_grid(tmp_path / "grid.yaml", data)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen(
@@ -52,18 +63,22 @@ def test_kill_9_of_the_driver_loses_nothing_and_reruns_nothing(fmnist_root, tmp_
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
-    while not results_of(out) and time.time() < deadline and driver.poll() is None:
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGKILL)
+    running: list[str] = []
+    while time.time() < deadline and driver.poll() is None and not running:
+        time.sleep(0.05)
+        running = mid_sweep(out)
+    driver.send_signal(signal.SIGKILL)  # one cell finished, another one running
     driver.wait()
+    assert running, "killed while one cell was finished and another running"
     finished = {
         name: (out / "cells" / name / "results.json").stat().st_mtime_ns for name in results_of(out)
     }
-    assert 0 < len(finished) < 4, "killed after a cell finished, before the last one"
 
-    grid = tiny_grid(fmnist_root, out, axes, {**LOCAL, "cells_per_job": 1})
+    grid = tiny_grid(fmnist_root, out, axes, {**LOCAL, "cells_per_job": 2})
     sweep, summary = drive(grid, echo=lambda _: None)
-    assert summary.counts == {"done": 4} and summary.rerun == 0
+    assert summary.counts == {"done": 3} and summary.rerun == 0
     assert attempts_of(out) == {cell.id: 1 for cell in sweep.plan.test}, "no cell ran twice"
+    jobs = [p for p in (out / "jobs").iterdir() if p.name != "%j"]
+    assert len(jobs) == 2, "the restarted driver waited for the old jobs, submitted none"
     for name, mtime in finished.items():
         assert (out / "cells" / name / "results.json").stat().st_mtime_ns == mtime
