@@ -117,8 +117,6 @@ class Driver:
         sweep = self.sweep
         mine = {cell for _, ids in self.inflight for cell in ids}
         cells = sweep.needed()
-        for cell in cells:
-            sweep.write_config(cell)
         states = {cell.id: sweep.state(cell.id) for cell in cells}
         todo = [
             cell

@@ -46,7 +46,7 @@ class Sweep:
         return self._results[cell_id]
 
     def state(self, cell_id: str) -> CellState:
-        if cell_id in self._results:
+        if self.read(cell_id) is not None:
             return CellState("done")
         return cell_state(self.files(cell_id), self._slurm_state)
 
