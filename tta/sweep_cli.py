@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a fixed tta-run option (e.g. n_per_domain=50); changes cell identities",
+        help="override a fixed tta-run option (e.g. n_per_domain=50: new cells; "
+        "data_root, model_dir, device, threads: the same cells)",
     )
     group = p.add_argument_group("executor (override the grid's executor: section)")
     group.add_argument("--executor", choices=("local", "slurm", "debug"))
