@@ -146,3 +146,10 @@ def test_adapted_reset_restores_the_mode_and_weights_exactly(name):
     assert state.keys() == start.keys()
     assert all(torch.equal(state[k], start[k]) for k in start), "reset restores every buffer"
     torch.testing.assert_close(adapted(x), first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["alpha", "ema", "robust"])
+def test_modes_that_start_from_source_statistics_need_them(name):
+    model = nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False))
+    with pytest.raises(ValueError, match="use norm='batch'"):
+        NORMS.create(name).check_model(model)

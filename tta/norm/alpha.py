@@ -62,12 +62,7 @@ class AlphaNorm(NormMode):
 
     def check_model(self, model: nn.Module) -> None:
         super().check_model(model)
-        for module in model.modules():
-            if isinstance(module, BatchNorm) and module.running_mean is None:
-                raise ValueError(
-                    "norm 'alpha' mixes in the source running statistics, but a BatchNorm has "
-                    "none (track_running_stats=False); use norm='batch'"
-                )
+        self.require_running_stats(model)
 
     def configure(self, model: nn.Module) -> None:
         replace_batchnorm(model, lambda bn: AlphaBatchNorm(bn, self.prior, self.alpha))

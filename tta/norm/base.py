@@ -43,6 +43,14 @@ class NormMode:
                 "none; use norm='source' (the model as it is), or a model with BatchNorm"
             )
 
+    def require_running_stats(self, model: nn.Module) -> None:
+        """For modes that start from the source running statistics: every BatchNorm has them."""
+        if any(isinstance(m, BatchNorm) and m.running_mean is None for m in model.modules()):
+            raise ValueError(
+                f"norm {self.name!r} starts from the source running statistics, but a "
+                "BatchNorm has none (track_running_stats=False); use norm='batch'"
+            )
+
     def check_batch(self, batch_size: int) -> None:
         """Refuse a batch this mode cannot normalize (one image alone for `batch`)."""
 

@@ -52,11 +52,7 @@ class EmaNorm(NormMode):
 
     def check_model(self, model: nn.Module) -> None:
         super().check_model(model)
-        if any(isinstance(m, BatchNorm) and m.running_mean is None for m in model.modules()):
-            raise ValueError(
-                "norm 'ema' starts from the source running statistics, but a BatchNorm has "
-                "none (track_running_stats=False); use norm='batch'"
-            )
+        self.require_running_stats(model)
 
     def configure(self, model: nn.Module) -> None:
         replace_batchnorm(model, lambda bn: EmaBatchNorm(bn, self.momentum))
