@@ -137,9 +137,7 @@ def adapt(
     settings = {
         "loss": loss,
         "loss_options": LOSSES.resolved_options(loss, loss_options),
-        "params": describe_params(model, spec, trainable)
-        if loss_fn.adapts
-        else None,
+        "params": describe_params(model, spec, trainable) if loss_fn.adapts else None,
         "norm": norm_name,
         "norm_options": NORMS.resolved_options(norm_name, norm_options),
         "selector": selector,
