@@ -249,9 +249,11 @@ def test_selector_run_shows_source_all_layers_and_selector(trained, tmp_path, mo
     original = tta.harness.all_layers.run_stream
     count = lambda *a, **k: passes.append(1) or original(*a, **k)  # noqa: E731
     monkeypatch.setattr(tta.harness.all_layers, "run_stream", count)
-    base = ["--loss", "tent", "--selector", "gala", "--data-root", str(trained), *TINY]
+    # one thread in every run: the second must reproduce the first to the last digit
+    base = ["--loss", "tent", "--selector", "gala", "--data-root", str(trained), "--threads", "1"]
+    base += TINY
     out = tmp_path / "run"
-    assert run_main([*base, "--out", str(out), "--threads", "1"]) == 0
+    assert run_main([*base, "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     header = next(line for line in printed if line.startswith("domain"))
     columns = ["source", "%", "tent+all", "%", "tent+gala", "%", "ECE", "%"]
