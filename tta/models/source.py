@@ -49,7 +49,7 @@ def build_model(config: TrainConfig) -> ResNetCifar:
     return ResNetCifar(int(config.arch.removeprefix("resnet")), num_classes=10)
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random 4-pixel-padded crop and horizontal flip, per image."""
     n, _, h, w = images.shape
     padded = F.pad(images, (4, 4, 4, 4))
@@ -99,7 +99,7 @@ def train(config: TrainConfig, data_root: str | None = None) -> dict:
         bar = progress(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{config.epochs}")
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = _augment(x_all[index].float() / 255, generator)
+            x = augment(x_all[index].float() / 255, generator)
             loss = F.cross_entropy(
                 model(x.contiguous(memory_format=torch.channels_last)), y_all[index]
             )

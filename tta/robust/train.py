@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from tta.data.fmnist import load_fmnist
 from tta.models.resnet import ResNetCifar
-from tta.models.source import TrainConfig, accuracy, build_model, source_model
+from tta.models.source import TrainConfig, accuracy, augment, build_model, source_model
 from tta.paths import cache_dir
 from tta.progress import progress
 from tta.robust.pgd import pgd
@@ -74,18 +74,6 @@ class RobustTrainConfig:
         text = json.dumps(fields, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:10]
         return f"{self.arch}-{self.dataset}-{self.method}-{digest}"
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel-padded crop and horizontal flip per image (as the source model)."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    flip = torch.rand(n, generator=generator) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
 
 
 def fgsm_rs(
