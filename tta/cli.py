@@ -27,6 +27,7 @@ from tta.harness.seeds import run_seeds
 from tta.harness.stream import SETTINGS
 from tta.presets import FAMILIES, methods
 from tta.registry import LAYER_SELECTORS, LOSSES, NORMS
+from tta.robust_cli import parse_eps
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RuntimeError)
 
@@ -181,6 +182,29 @@ def run_parser() -> argparse.ArgumentParser:
         "use 1 per job when jobs share the machine",
     )
     p.add_argument(
+        "--brittleness",
+        type=parse_eps,
+        default=None,
+        metavar="EPS",
+        help="monitor brittle decisions at this L-inf budget (e.g. 2/255): per batch, the share "
+        "of logit margins at or below a threshold calibrated on clean images, source vs adapted",
+    )
+    p.add_argument(
+        "--brittle-calibration",
+        type=int,
+        default=300,
+        metavar="N",
+        help="clean images whose input margins set the brittleness threshold (cached)",
+    )
+    p.add_argument(
+        "--robust-batches",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --brittleness: APGD-CE robust accuracy on the last K batches of every "
+        "domain, source vs adapted",
+    )
+    p.add_argument(
         "--out", default=None, help="run directory (default runs/<time>-<loss>-<selector>)"
     )
     return p
@@ -224,6 +248,9 @@ def to_config(args: argparse.Namespace) -> RunConfig:
         no_all_layers=args.no_all_layers,
         forgetting=args.forgetting,
         threads=args.threads,
+        brittleness=args.brittleness,
+        brittle_calibration=args.brittle_calibration,
+        robust_batches=args.robust_batches,
         out=args.out,
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import tta
 from tta.data.benchmarks import BENCHMARKS
+from tta.harness.brittleness import BrittlenessOptions
 from tta.presets import family_of, preset
 from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 
@@ -43,6 +44,9 @@ class RunConfig:
     `no_source` / `no_all_layers` skip the source baseline / the same method updating all
     layers (run when the selector is not 'all'). `forgetting`: clean test images to measure
     forgetting on (0: off). `threads`: CPU threads (None: `tta.harness.threads`' default).
+    `brittleness`: an L-inf budget turns on the brittleness monitor
+    (`tta.harness.brittleness`), its threshold set on `brittle_calibration` clean images;
+    `robust_batches`: batches per domain attacked with APGD-CE (0: none).
     """
 
     method: str | None = None
@@ -80,6 +84,9 @@ class RunConfig:
     no_all_layers: bool = False
     forgetting: int = DEFAULT_FORGETTING_IMAGES
     threads: int | None = None
+    brittleness: float | None = None
+    brittle_calibration: int = 300
+    robust_batches: int = 0
     out: str | None = None
 
 
@@ -146,10 +153,26 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ValueError(f"--forgetting takes a number of images >= 0, got {config.forgetting}")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {config.threads}")
+    if config.brittleness is not None:
+        brittleness_options(config)  # raises on a bad budget or count
+    elif config.robust_batches:
+        raise ValueError("--robust-batches attacks at the --brittleness budget; pass it too")
     filled = {key: API_DEFAULTS[key] for key in API_OPTIONS if getattr(config, key) is None}
     if config.batch_size is None:
         filled["batch_size"] = DEFAULT_BATCH_SIZE
     return replace(config, params=parse_params(config.params), **filled)
+
+
+def brittleness_options(config: RunConfig) -> BrittlenessOptions | None:
+    """The monitor's options, or None when `brittleness` is off."""
+    if config.brittleness is None:
+        return None
+    return BrittlenessOptions(
+        eps=config.brittleness,
+        calibration_images=config.brittle_calibration,
+        robust_batches=config.robust_batches,
+        seed=config.seed,
+    )
 
 
 def method_notes(config: RunConfig) -> list[str]:

@@ -1,4 +1,5 @@
-"""A run's figures: per-domain errors (errors.png) and error along the stream (stream.png).
+"""A run's figures: per-domain errors (errors.png), error along the stream (stream.png) and
+the brittleness monitor's curve (brittleness.png).
 
 Every figure stays readable at any stream length: at most `MAX_PIXELS` wide and high, long
 inputs aggregated (per corruption, per window) rather than drawn as thousands of slivers.
@@ -119,9 +120,37 @@ def plot_stream(curve: dict, baselines: list[Baseline], label: str, path: Path) 
     for baseline in baselines:
         style = styles.get(baseline.key, {"colors": "tab:orange", "linestyles": "dotted"})
         _domain_steps(ax, curve, baseline.rows, end, baseline.label, linewidth=1.2, **style)
-    if curve["images"]:  # each window a flat step over the images it covers
+    _stairs(ax, curve, label, "tab:blue")
+    _finish_stream_axes(ax, curve, end, "error (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_brittleness(source: dict, adapted: dict, label: str, threshold: float, path: Path) -> None:
+    """Share of brittle decisions (logit margin at or below `threshold`) per window of
+    batches along the stream: the source model's and the adapted model's (`stream_curve`
+    dicts whose "error" is that share)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=capped_size(12.0, 4.0, DPI))
+    end = adapted["images"][-1] if adapted["images"] else 0
+    _stairs(ax, source, "source", "#999999")
+    _stairs(ax, adapted, label, "tab:blue")
+    _finish_stream_axes(ax, adapted, end, f"brittle (%), logit margin <= {threshold:.3g}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _stairs(ax, curve: dict, label: str, color: str) -> None:
+    """A curve's windows, each a flat step over the images it covers."""
+    if curve["images"]:
         edges = [curve["images"][0] - curve["n"][0], *curve["images"]]
-        ax.stairs(curve["error"], edges, baseline=None, color="tab:blue", lw=1.0, label=label)
+        ax.stairs(curve["error"], edges, baseline=None, color=color, lw=1.0, label=label)
+
+
+def _finish_stream_axes(ax, curve: dict, end: int, quantity: str) -> None:
+    """Domain boundaries and names, axis labels and limits, legend."""
     names = curve["domains"]
     many = len(names) > MAX_DOMAIN_LABELS  # then only a change of name is a strong line
     for k, start in enumerate(curve["domain_starts_images"][1:], start=1):
@@ -134,11 +163,8 @@ def plot_stream(curve: dict, baselines: list[Baseline], label: str, path: Path) 
     window = curve.get("window_batches", 1)
     per = "batch" if window == 1 else f"window of {window} batches"
     ax.set_xlabel("images seen")
-    ax.set_ylabel(f"error (%) per {per}")
+    ax.set_ylabel(f"{quantity} per {per}")
     ax.set_xlim(0, max(end, 1))
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)

@@ -21,10 +21,17 @@ from torch import nn
 
 from tta.data.base import Benchmark
 from tta.harness.all_layers import all_layers_config, all_layers_errors
-from tta.harness.config import RunConfig, check_names, method_notes, resolve
+from tta.harness.brittleness import BrittlenessMonitor, calibrated_threshold
+from tta.harness.config import (
+    RunConfig,
+    brittleness_options,
+    check_names,
+    method_notes,
+    resolve,
+)
 from tta.harness.forgetting import clean_error, clean_images
 from tta.harness.metrics import stream_curve
-from tta.harness.plots import plot_errors, plot_stream
+from tta.harness.plots import plot_brittleness, plot_errors, plot_stream
 from tta.harness.results import (
     Baseline,
     format_card,
@@ -49,7 +56,17 @@ from tta.harness.trace import write_trace
 from tta.paths import data_roots
 
 # Where a run can stop, in order; "finished" means it ran to the end.
-STAGES = ("model", "data", "method", "source", "all-layers", "adapt", "forgetting", "finished")
+STAGES = (
+    "model",
+    "data",
+    "method",
+    "calibrate",
+    "source",
+    "all-layers",
+    "adapt",
+    "forgetting",
+    "finished",
+)
 
 
 @dataclass
@@ -74,6 +91,7 @@ class RunResult:
     sample_filter_stats: dict = field(default_factory=dict)
     trace: dict = field(default_factory=dict)
     layer_names: list[str] = field(default_factory=list)
+    brittleness: BrittlenessMonitor | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -169,6 +187,7 @@ class RunResult:
             "sample_filter_stats": self.sample_filter_stats,
             "versions": versions(),
             "seed": self.config.seed,
+            "brittleness": self.brittleness.results(self.n_finished) if self.brittleness else None,
         }
 
 
@@ -223,7 +242,9 @@ def _execute(
     result.card = {**spec.card(), **info, **run_facts}
     wants_all_layers = config.selector != "all" and not config.no_all_layers
     # Copies before `tta.adapt` changes the model (TENT-style methods change BatchNorm).
-    pristine = copy.deepcopy(net) if wants_all_layers or not config.no_source else None
+    monitored = config.brittleness is not None
+    needs_source = wants_all_layers or not config.no_source or monitored
+    pristine = copy.deepcopy(net) if needs_source else None
     result.stage = "data"
     benchmark.prepare(spec.domains(), spec.n_per_domain, spec.seed)
     clean, forgetting_note = clean_images(benchmark, config.forgetting, config.seed)
@@ -242,6 +263,13 @@ def _execute(
     echo("protocol card:\n" + format_card(result.card))
     if clean is not None:
         result.clean_error_before = clean_error(adapted, *clean, spec.batch_size, device)
+    if monitored:
+        result.stage = "calibrate"
+        options = brittleness_options(config)
+        threshold = calibrated_threshold(pristine, benchmark, options, info, device)
+        result.card["brittleness"] = _brittleness_note(threshold.to_dict(), options)
+        echo(f"brittleness monitor: {result.card['brittleness']}")
+        result.brittleness = BrittlenessMonitor(pristine, threshold, options)
     if not config.no_source:
         result.stage = "source"
         source_model = copy.deepcopy(pristine) if baseline is not None else pristine
@@ -258,7 +286,9 @@ def _execute(
     result.stage = "adapt"
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result.adapted = run_stream(adapted, spec, benchmark, device, desc=result.label)
+    result.adapted = run_stream(
+        adapted, spec, benchmark, device, desc=result.label, observer=result.brittleness
+    )
     result.counters = result.adapted.counters
     result.peak_memory_mb = peak_memory_mb(device)
     result.trace = adapted.selector.trace() or {}
@@ -270,6 +300,22 @@ def _execute(
         result.stage = "forgetting"
         result.clean_error_after = clean_error(adapted, *clean, spec.batch_size, device)
     result.stage = "finished"
+
+
+def _brittleness_note(threshold: dict, options) -> str:
+    """What the card says about the brittleness monitor."""
+    attacked = (
+        f"; APGD-CE ({options.steps} steps) on the last {options.robust_batches} batch(es) "
+        "of every domain, source and adapted"
+        if options.robust_batches
+        else ""
+    )
+    return (
+        f"logit margin <= {threshold['threshold']:.4g}, flagging {100 * options.tpr:.0f}% of "
+        f"the {threshold['nonrobust_share']:.1f}% of {threshold['n_images']} clean images "
+        f"non-robust at L-inf eps {options.eps:.4g} (input margins by "
+        f"{threshold['method']}){attacked}"
+    )
 
 
 def _baseline_note(config: RunConfig, baseline: RunConfig | None) -> str:
@@ -305,6 +351,15 @@ def save(result: RunResult, out_dir: Path) -> dict:
     if result.per_domain:
         plot_errors(result.per_domain, baselines, result.label, out_dir / "errors.png")
         plot_stream(payload["stream"], baselines, result.label, out_dir / "stream.png")
+        if payload["brittleness"]:
+            brittle = payload["brittleness"]
+            plot_brittleness(
+                brittle["curve_source"],
+                brittle["curve_adapted"],
+                result.label,
+                brittle["threshold"]["threshold"],
+                out_dir / "brittleness.png",
+            )
     return payload
 
 
@@ -322,6 +377,8 @@ def report(result: RunResult, out_dir: Path) -> str:
             f"forgetting (clean error after - before the stream): {result.forgetting:+.2f} "
             f"points ({result.clean_error_before:.2f}% -> {result.clean_error_after:.2f}%)"
         )
+    if result.brittleness is not None and result.per_domain:
+        lines.append(brittleness_table(result.brittleness.per_domain(result.n_finished)))
     if counters:
         lines.append(
             f"{adapted.n_images} images in {adapted.time_s:.1f} s ({speed:.0f} img/s); "
@@ -333,6 +390,22 @@ def report(result: RunResult, out_dir: Path) -> str:
         lines.append(
             f"interrupted during {result.stage}: {result.n_finished} of {total} domain(s) "
             f"finished; their results are written to {out_dir}/"
+        )
+    return "\n".join(lines)
+
+
+def brittleness_table(rows: list[dict]) -> str:
+    """Brittle share (and robust accuracy where attacked) per domain, source vs adapted."""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = ["domain            brittle% src  adapted   robust% src  adapted  (n attacked)"]
+    for r in rows:
+        name = r["domain"] if r["severity"] is None else f"{r['domain']}-{r['severity']}"
+        lines.append(
+            f"{name[:17]:17s} {cell(r['brittle_source']):>12s} {cell(r['brittle_adapted']):>8s}"
+            f" {cell(r['robust_source']):>13s} {cell(r['robust_adapted']):>8s}  ({r['n_attacked']})"
         )
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ from tta.progress import progress
 __all__ = [
     "GRADUAL_SEVERITIES",
     "SETTINGS",
+    "StreamObserver",
     "StreamResult",
     "StreamSpec",
     "domain_order",
@@ -148,6 +149,27 @@ class StreamResult:
         return expected_calibration_error(np.concatenate(confidence), correct)
 
 
+class StreamObserver:
+    """Sees every batch of a stream without changing it (e.g. the brittleness monitor).
+
+    `start_domain` before a domain's first batch (a mixed stream is one domain named after
+    all of them); `before_batch` before the model predicts and adapts on the batch (the
+    state that predicts it; `k` of `n_batches` in the domain); `after_batch` with the logits
+    the model returned. Observers must not adapt the model.
+    """
+
+    def start_domain(self, name: str, severity: int | None) -> None:
+        pass
+
+    def before_batch(
+        self, adapted: AdaptedModel, x: torch.Tensor, y: torch.Tensor, k: int, n_batches: int
+    ) -> None:
+        pass
+
+    def after_batch(self, x: torch.Tensor, logits: torch.Tensor) -> None:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak accelerator memory on CUDA, else the process's peak resident memory."""
     if device.type == "cuda":
@@ -183,13 +205,20 @@ def _predict(
     device: torch.device,
     bar,
     result: StreamResult,
+    observer: StreamObserver,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict then adapt batch after batch in `order`: per image, 'was wrong' and the
     confidence (max softmax probability) of the same logits; per batch, into `result`."""
     wrong = np.zeros(len(labels), dtype=bool)
     confidence = np.zeros(len(labels), dtype=np.float64)
-    for index, batch in _batches(images, order, batch_size):
-        logits = adapted(to_batch(np.asarray(batch), device)).detach()
+    n_batches = -(-len(order) // batch_size)
+    for k, (index, batch) in enumerate(_batches(images, order, batch_size)):
+        x = to_batch(np.asarray(batch), device)
+        observer.before_batch(
+            adapted, x, torch.as_tensor(labels[index], device=device), k, n_batches
+        )
+        logits = adapted(x).detach()
+        observer.after_batch(x, logits)
         wrong[index] = logits.argmax(1).cpu().numpy() != labels[index]
         confidence[index] = logits.float().softmax(1).amax(1).cpu().numpy()
         result.batch_n.append(len(index))
@@ -220,7 +249,7 @@ def _record(
     return error
 
 
-def _run_domains(adapted, spec, benchmark, domains, device, result, bar) -> None:
+def _run_domains(adapted, spec, benchmark, domains, device, result, bar, observer) -> None:
     for name, severity in domains:
         result.domain_starts.append(adapted.counters.step_index)
         result.domain_start_batches.append(len(result.batch_n))
@@ -228,15 +257,16 @@ def _run_domains(adapted, spec, benchmark, domains, device, result, bar) -> None
         order = stream_order(labels, spec.seed, name, severity, spec.shuffle, spec.dirichlet_delta)
         if spec.setting == "reset-each-shift":
             adapted.reset()
+        observer.start_domain(name, severity)
         wrong, confidence = _predict(
-            adapted, images, labels, order, spec.batch_size, device, bar, result
+            adapted, images, labels, order, spec.batch_size, device, bar, result, observer
         )
         error = _record(result, name, severity, wrong, confidence)
         label = name if severity is None else f"{name}-{severity}"
         bar.set_postfix(last=f"{label} {error:.1f}%")
 
 
-def _run_mixed(adapted, spec, benchmark, domains, device, result, bar) -> None:
+def _run_mixed(adapted, spec, benchmark, domains, device, result, bar, observer) -> None:
     sources, labels, owner = [], [], []
     for k, (name, severity) in enumerate(domains):
         images, domain_labels = benchmark.load(name, severity, spec.n_per_domain, spec.seed)
@@ -248,8 +278,9 @@ def _run_mixed(adapted, spec, benchmark, domains, device, result, bar) -> None:
     result.domain_starts.append(adapted.counters.step_index)
     result.domain_start_batches.append(0)
     images = concat_images(sources)
+    observer.start_domain(f"{len(domains)} domains mixed", None)
     wrong, confidence = _predict(
-        adapted, images, labels, order, spec.batch_size, device, bar, result
+        adapted, images, labels, order, spec.batch_size, device, bar, result, observer
     )
     for k, (name, severity) in enumerate(domains):
         _record(result, name, severity, wrong[owner == k], confidence[owner == k])
@@ -261,11 +292,12 @@ def run_stream(
     benchmark: Benchmark,
     device: torch.device | str = "cpu",
     desc: str = "adapt",
+    observer: StreamObserver | None = None,
 ) -> StreamResult:
     """Predict then adapt on every batch, domain after domain; Ctrl-C keeps finished domains.
 
     Domains are checked against the benchmark before the first batch. In `mixed`, all domains
-    form one stream, so an interrupted run keeps none.
+    form one stream, so an interrupted run keeps none. `observer` sees every batch.
     """
     device = torch.device(device)
     domains = spec.domains()
@@ -277,7 +309,7 @@ def run_stream(
     start = time.perf_counter()
     run = _run_mixed if spec.setting == "mixed" else _run_domains
     try:
-        run(adapted, spec, benchmark, domains, device, result, bar)
+        run(adapted, spec, benchmark, domains, device, result, bar, observer or StreamObserver())
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
