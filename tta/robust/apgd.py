@@ -72,7 +72,8 @@ def _apgd_run(
     rho: float,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run from a random start; returns (adversarial or start point, fooled)."""
+    """One APGD run from a random start; returns (adversarial or start point, fooled,
+    highest-loss iterate)."""
     if norm == "Linf":
         t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
     else:
@@ -121,7 +122,7 @@ def _apgd_run(
                 grad[halve] = grad_best[halve]
             interval = max(interval - decrement, minimum)
             since_check = 0
-    return x_found, fooled
+    return x_found, fooled, x_best
 
 
 def apgd_ce(
@@ -152,9 +153,34 @@ def apgd_ce(
             todo = (~fooled).nonzero().flatten()
             if todo.numel() == 0:
                 break
-            found, success = _apgd_run(
+            found, success, _ = _apgd_run(
                 net, x[todo], y[todo], eps_t[todo], norm, steps, rho, generator
             )
             x_adv[todo[success]] = found[success]
             fooled[todo[success]] = True
     return AttackResult(x_adv, fooled)
+
+
+def apgd_ce_max_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    norm: str = "Linf",
+    steps: int = 7,
+    rho: float = 0.75,
+    seed: int = 0,
+) -> torch.Tensor:
+    """APGD-CE as an inner maximisation for adversarial training: every sample is attacked
+    (also those already misclassified) from one random start, and its highest-loss iterate
+    comes back (Madry et al.'s max over the ball), not the first misclassified one that
+    `apgd_ce` returns for evaluation."""
+    check_norm(norm)
+    check_images(x, y)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    x = x.detach()
+    eps_t = budget(eps, x)
+    with attack_state(model) as net:
+        _, _, x_best = _apgd_run(net, x, y, eps_t, norm, steps, rho, make_generator(seed, x.device))
+    return x_best.detach()
