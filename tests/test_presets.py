@@ -143,6 +143,13 @@ EXPECTED = {
     },
     "deyo": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "lame": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
+    "roid": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
+    "cmf": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
+    "rdumb": {"cifar": (*CIFAR, {"d_margin": 0.4}), "imagenet": (*IMAGENET, {"d_margin": 0.05})},
+    "adacontrast": {
+        "cifar": ("sgd", 2e-4, 200, 0.9, None, {}),
+        "imagenet": ("sgd", 2e-4, 64, 0.9, None, {}),
+    },
 }
 BENCHMARK_CHANGES = {
     ("eta", "cifar100-c"): {"d_margin": 0.1},

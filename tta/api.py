@@ -12,7 +12,7 @@ import tta.filters  # noqa: F401  (registers the sample filters)
 import tta.losses  # noqa: F401  (registers the losses)
 import tta.norm  # noqa: F401  (registers the normalization modes)
 import tta.selectors  # noqa: F401  (registers the layer selectors)
-from tta.engine import AdaptedModel
+from tta.engine import AdaptedModel, check_reset_every
 from tta.layers import partition
 from tta.params import ParamSpec, freeze_all_but, select_parameters
 from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
@@ -68,6 +68,7 @@ def adapt(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     input_range: tuple[float, float] | None = (0.0, 1.0),
+    reset_every: int | None = None,
     **loss_options: Any,
 ) -> AdaptedModel:
     """Wrap `model` for online test-time adaptation; the module is adapted in place.
@@ -81,6 +82,9 @@ def adapt(
     Arguments are checked before the model is touched, so a bad call leaves it as it was.
     Any classifier works; `input_range` is the value range checked on every batch of an image
     model (first layer a 2-D convolution or a patch embedding; None turns the check off).
+    `reset_every=N` returns to the source weights, optimizer and loss state after every
+    N-th adaptation step (RDumb, Press et al., NeurIPS 2023; 0: never; None: the loss's
+    `default_reset_every`, 1000 for 'rdumb', else 0).
     `describe()` on the result gives every setting that ran, defaults included.
     """
     if not isinstance(model, nn.Module):
@@ -89,7 +93,16 @@ def adapt(
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     if lr <= 0 or steps < 1:
         raise ValueError(f"lr must be positive and steps >= 1, got lr={lr}, steps={steps}")
+    if reset_every is not None:
+        check_reset_every(reset_every)
     loss_fn = LOSSES.create(loss, **loss_options)
+    if reset_every is None:
+        reset_every = loss_fn.default_reset_every
+    if reset_every and not loss_fn.adapts:
+        raise ValueError(
+            f"reset_every={reset_every}: loss {loss!r} takes no adaptation steps, so there is "
+            "nothing to reset; use an adapting loss (e.g. eta, tent) or reset_every=0"
+        )
     layer_selector = LAYER_SELECTORS.create(selector, **(selector_options or {}))
     filter_fn = (
         SAMPLE_FILTERS.create(sample_filter, **(sample_filter_options or {}))
@@ -165,4 +178,5 @@ def adapt(
         episodic=episodic,
         input_range=input_range,
         settings=settings,
+        reset_every=reset_every,
     )

@@ -23,6 +23,7 @@ class Counters:
     n_skipped: int = 0
     n_nonfinite: int = 0
     n_filtered_samples: int = 0
+    n_resets: int = 0  # returns to the source by the engine's `reset_every` (RDumb)
 
     @property
     def step_index(self) -> int:

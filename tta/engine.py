@@ -29,6 +29,16 @@ from tta.norm.base import NormMode
 from tta.selectors.base import LayerSelector, Proposal
 
 
+def check_reset_every(reset_every: object) -> int:
+    """`reset_every` as an int >= 0 (0: never), or a clear error."""
+    if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
+        raise ValueError(
+            f"reset_every must be a whole number of adaptation steps >= 0 (0: never reset), "
+            f"got {reset_every!r}"
+        )
+    return reset_every
+
+
 class AdaptedModel(nn.Module):
     """A model that predicts and adapts online. Built by `tta.adapt`.
 
@@ -37,6 +47,8 @@ class AdaptedModel(nn.Module):
     the weights, buffers and optimizer state captured right after configuration. Every batch
     is checked first (see tta/checks.py: what the model's first layer takes; the value range
     for image models only). `settings` is what `tta.adapt` resolved, for `describe()`.
+    `reset_every=N` (RDumb) calls `reset()` after every N-th adaptation step (one per batch
+    and step, committed or skipped; 0: never), counted in `counters.n_resets`.
     """
 
     def __init__(
@@ -52,10 +64,12 @@ class AdaptedModel(nn.Module):
         episodic: bool = False,
         input_range: tuple[float, float] | None = (0.0, 1.0),
         settings: Mapping[str, Any] | None = None,
+        reset_every: int = 0,
     ) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        self.reset_every = check_reset_every(reset_every)
         self.model = model
         self.loss = loss
         self.layers = layers
@@ -90,13 +104,14 @@ class AdaptedModel(nn.Module):
 
         Keys: loss, loss_options, params, n_trainable, selector, selector_options,
         sample_filter, sample_filter_options, optimizer, lr, momentum (None unless SGD),
-        weight_decay, steps, episodic, input_range.
+        weight_decay, steps, episodic, reset_every, input_range.
         """
         return {
             **self._settings,
             "n_trainable": sum(p.numel() for p in self._params),
             "steps": self.steps,
             "episodic": self.episodic,
+            "reset_every": self.reset_every,
             "input_range": None if self.input_range is None else list(self.input_range),
         }
 
@@ -139,7 +154,16 @@ class AdaptedModel(nn.Module):
         with torch.enable_grad():
             for _ in range(self.steps):
                 logits = self._step(x)
+                self._reset_if_due()
         return logits
+
+    def _reset_if_due(self) -> None:
+        """RDumb's reset: back to the source (weights, buffers, optimizer and loss state)
+        after every `reset_every`-th adaptation step, committed or skipped, as the official
+        `performed_updates % reset_after_num_updates == 0` after each step."""
+        if self.reset_every and self.counters.step_index % self.reset_every == 0:
+            self.reset()
+            self.counters.n_resets += 1
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         counters = self.counters

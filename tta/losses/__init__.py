@@ -1,7 +1,23 @@
 """Unsupervised test-time losses; importing this package registers them in `LOSSES`."""
 
 from tta.functional import softmax_entropy
-from tta.losses import cotta, deyo, eata, entropy, lame, norm, pl, sar, shot, source, tent  # noqa: F401
+from tta.losses import (  # noqa: F401
+    adacontrast,
+    cmf,
+    cotta,
+    deyo,
+    eata,
+    entropy,
+    lame,
+    norm,
+    pl,
+    rdumb,
+    roid,
+    sar,
+    shot,
+    source,
+    tent,
+)
 from tta.losses.base import Loss
 
 __all__ = ["Loss", "softmax_entropy"]

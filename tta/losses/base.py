@@ -34,6 +34,7 @@ class Loss:
     default_norm = "source"  # what BatchNorm normalizes with unless `norm=` says otherwise
     presets: ClassVar[Mapping[str, Preset]] = {}
     adapts = True
+    default_reset_every = 0  # engine resets to the source every N steps (RDumb: 1000); 0: never
     scores_logits_alone = True  # False when the objective needs more than the logits (images)
 
     def params_for(self, model: nn.Module) -> str | list[str]:

@@ -86,8 +86,9 @@ def color_jitter(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def random_affine(x: torch.Tensor) -> torch.Tensor:
-    """Rotation +-15 degrees, scale 0.9-1.1, shift up to 1/8 of the size; edges extend."""
+def random_affine(x: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Rotation +-15 degrees, scale 0.9-1.1, shift up to 1/8 of the size; edges extend
+    (`padding_mode="reflection"`: mirrored, as ROID's reflect padding)."""
     angle = math.radians(_uniform(-15, 15))
     scale = _uniform(0.9, 1.1)
     shift = torch.empty(2).uniform_(-0.25, 0.25)  # normalized coordinates span 2 per image
@@ -95,7 +96,7 @@ def random_affine(x: torch.Tensor) -> torch.Tensor:
     theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]])
     theta[:, 2] = -theta[:, :2] @ shift
     grid = F.affine_grid(theta.to(x).expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:
