@@ -37,10 +37,23 @@ FILTER_OPTIONS = {"entropy": {"margin": 1.0}, "redundancy": {"d_margin": 1.5}}
 REFUSED: dict[tuple[str, str], str] = {
     ("cotta", "grad-align"): "needs more than the logits",
     ("deyo", "grad-align"): "needs more than the logits",
+    ("memo", "grad-align"): "needs more than the logits",
 }
 # Combinations that fail today without a clear refusal (strict xfail: fixing one fails here,
 # so it is moved out of this list).
-KNOWN_GAPS: dict[tuple[str, str], str] = {}
+KNOWN_GAPS: dict[tuple[str, str], str] = {
+    ("memo", "auto-snr"): "memo restarts the selector at every point; auto-snr collects "
+    "`window` steps first, so it needs steps >= window per point",
+}
+# Training-free losses refuse every layer selector but 'all': there is nothing to select.
+REFUSED.update(
+    {
+        (loss, selector): "trains no parameter"
+        for loss in ("t3a", "ttaug")
+        for selector in LAYER_SELECTORS.names()
+        if selector != "all"
+    }
+)
 
 
 def cases(others: list[str]) -> list:

@@ -30,6 +30,7 @@ RANKS = {
     "tta.filters": 4,
     "tta.selectors": 4,
     "tta.losses": 5,
+    "tta.precision": 5,  # autocast and gradient scaling for the engine; reads a loss's backward
     "tta.engine": 6,
     "tta.api": 6,
     "tta": 6,

@@ -143,6 +143,14 @@ EXPECTED = {
     },
     "deyo": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "lame": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
+    "t3a": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
+    "memo": {
+        "cifar": ("sgd", 0.005, 200, 0.0, None, {"n_augmentations": 32, "crop": "pad"}),
+        "imagenet": ("sgd", 2.5e-4, 64, 0.0, None, {"n_augmentations": 64, "crop": "resized"}),
+    },
+    "ttaug": {
+        "cifar": (*CIFAR, {"n_augmentations": 32, "crop": "pad"}),
+        "imagenet": (*IMAGENET, {"n_augmentations": 64, "crop": "resized"}),
     "roid": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "cmf": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "rdumb": {"cifar": (*CIFAR, {"d_margin": 0.4}), "imagenet": (*IMAGENET, {"d_margin": 0.05})},

@@ -15,6 +15,7 @@ import tta.selectors  # noqa: F401  (registers the layer selectors)
 from tta.engine import AdaptedModel, check_reset_every
 from tta.layers import partition
 from tta.params import ParamSpec, freeze_all_but, select_parameters
+from tta.precision import Precision
 from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 
 OPTIMIZERS = ("adam", "sgd")
@@ -67,6 +68,8 @@ def adapt(
     norm_options: dict[str, Any] | None = None,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    amp: str | None = None,
+    channels_last: bool = False,
     input_range: tuple[float, float] | None = (0.0, 1.0),
     reset_every: int | None = None,
     **loss_options: Any,
@@ -82,6 +85,9 @@ def adapt(
     Arguments are checked before the model is touched, so a bad call leaves it as it was.
     Any classifier works; `input_range` is the value range checked on every batch of an image
     model (first layer a 2-D convolution or a patch embedding; None turns the check off).
+    `amp` runs the forward passes under autocast ('bf16', or 'fp16' with a gradient
+    scaler; weights stay float32) and `channels_last` stores weights and images NHWC;
+    see tta/precision.py for the losses that cannot use float16.
     `reset_every=N` returns to the source weights, optimizer and loss state after every
     N-th adaptation step (RDumb, Press et al., NeurIPS 2023; 0: never; None: the loss's
     `default_reset_every`, 1000 for 'rdumb', else 0).
@@ -122,6 +128,13 @@ def adapt(
     norm_name = norm or loss_fn.default_norm
     norm_mode = NORMS.create(norm_name, **(norm_options or {}))
     loss_fn.check_model(model)
+    precision = Precision(amp, channels_last)
+    precision.check(model, loss_fn, loss)
+    if selector != "all" and getattr(loss_fn, "refuses_layer_selectors", False):
+        raise ValueError(
+            f"loss {loss!r} trains no parameter (it adjusts the outputs only), so layer "
+            f"selector {selector!r} has nothing to select; use selector 'all'"
+        )
     try:
         norm_mode.check_model(model)
     except ValueError as error:
@@ -138,6 +151,7 @@ def adapt(
     )
     layer_selector.bind(model, layers)
     model.eval()  # the first change to the model: every check has passed
+    precision.prepare_model(model)
     norm_mode.configure(model)
     loss_fn.configure(model)
     freeze_all_but(model, trainable)
@@ -176,6 +190,7 @@ def adapt(
         norm=norm_mode,
         steps=steps,
         episodic=episodic,
+        precision=precision,
         input_range=input_range,
         settings=settings,
         reset_every=reset_every,

@@ -41,13 +41,15 @@ class LossContext:
 
     `request_reset()` restores the source weights and buffers and the state of the loss,
     selector and filter; the optimizer's state (e.g. SGD momentum) is kept, as SAR's
-    official model recovery keeps it.
+    official model recovery keeps it. `backward(loss)` is `loss.backward()` scaled by the
+    float16 gradient scaler when one runs (`tta.precision`), and counted.
     """
 
     model: nn.Module
     named_params: tuple[tuple[str, nn.Parameter], ...]
     counters: Counters
     request_reset: Callable[[], None]
+    grad_scaler: Any = None  # a torch.amp.GradScaler under amp='fp16'
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -58,6 +60,11 @@ class LossContext:
 
     def count_backward(self, n: int = 1) -> None:
         self.counters.n_backward += n
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` (scaled under float16, see `tta.precision`) and count it."""
+        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+        self.count_backward()
 
     def count_filtered(self, n: int) -> None:
         """Samples of this batch the loss decided not to learn from."""

@@ -26,6 +26,7 @@ from tta.filters.base import SampleFilter
 from tta.layers import Layer
 from tta.losses.base import Loss
 from tta.norm.base import NormMode
+from tta.precision import Precision
 from tta.selectors.base import LayerSelector, Proposal
 
 
@@ -62,6 +63,7 @@ class AdaptedModel(nn.Module):
         norm: NormMode | None = None,
         steps: int = 1,
         episodic: bool = False,
+        precision: Precision | None = None,
         input_range: tuple[float, float] | None = (0.0, 1.0),
         settings: Mapping[str, Any] | None = None,
         reset_every: int = 0,
@@ -87,12 +89,16 @@ class AdaptedModel(nn.Module):
         self._source_model = copy.deepcopy(model.state_dict())
         self._source_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer else None
         self._warned_nonfinite = False
+        self.precision = precision or Precision()
+        self.grad_scaler = self.precision.grad_scaler(model) if optimizer is not None else None
         named = tuple(
             (name, p)
             for layer in layers
             for name, p in zip(layer.param_names, layer.params, strict=True)
         )
-        self.loss_context = LossContext(model, named, self.counters, self._recover)
+        self.loss_context = LossContext(
+            model, named, self.counters, self._recover, self.grad_scaler
+        )
         self.filter_context = FilterContext(model, layers, loss, optimizer)
 
     @property
@@ -110,6 +116,7 @@ class AdaptedModel(nn.Module):
             **self._settings,
             "n_trainable": sum(p.numel() for p in self._params),
             "steps": self.steps,
+            **self.precision.describe(),
             "episodic": self.episodic,
             "reset_every": self.reset_every,
             "input_range": None if self.input_range is None else list(self.input_range),
@@ -140,20 +147,31 @@ class AdaptedModel(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits with the current weights, without adapting."""
-        self.check_input(x)
-        return self.model(x)
+        x = self.precision.prepare_input(self.check_input(x))
+        with self.precision.autocast(x.device):
+            return self._float(self.model(x))
+
+    def _float(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits as float32 under autocast: what the caller gets does not depend on `amp`."""
+        return logits.float() if self.precision.amp and logits.is_floating_point() else logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        if self.episodic:
+        x = self.precision.prepare_input(self.check_input(x))
+        if getattr(self.loss, "per_sample", False):  # MEMO: each point adapts alone from the source
+            return torch.cat([self._forward(x[i : i + 1], reset=True) for i in range(len(x))])
+        return self._forward(x, reset=self.episodic)
+
+    def _forward(self, x: torch.Tensor, reset: bool) -> torch.Tensor:
+        if reset:
             self.reset()
         if not self.adapts:
-            with torch.no_grad():
+            with torch.no_grad(), self.precision.autocast(x.device):
                 self.counters.n_forward += 1
-                return self.loss.output(self.loss_context, x, self.model(x))
+                return self._float(self.loss.output(self.loss_context, x, self.model(x)))
         with torch.enable_grad():
             for _ in range(self.steps):
-                logits = self._step(x)
+                with self.precision.autocast(x.device):
+                    logits = self._step(x)
                 self._reset_if_due()
         return logits
 
@@ -180,6 +198,7 @@ class AdaptedModel(nn.Module):
         else:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss.backward(self.loss_context, x, logits, keep)
+            scaled = loss is not None and self._unscale()
             if loss is None:  # the method found nothing to learn from (e.g. EATA's filters)
                 counters.n_skipped += 1
             elif not self._finite(loss):
@@ -187,9 +206,19 @@ class AdaptedModel(nn.Module):
                 counters.n_skipped += 1
                 counters.n_nonfinite += 1
             else:
-                self._update(step)
-                self.loss.after_update(self.loss_context)
-        return self.loss.output(self.loss_context, x, logits.detach())
+                with self.precision.float32(x.device):  # optimizer, selector, EMA: float32
+                    self._update(step)
+                    self.loss.after_update(self.loss_context)
+            if scaled:
+                self.grad_scaler.update()  # float16: halve the scale after an overflow
+        return self._float(self.loss.output(self.loss_context, x, logits.detach()))
+
+    def _unscale(self) -> bool:
+        """float16: divide the scaled gradients by the scale before anything reads them."""
+        if self.grad_scaler is None or all(p.grad is None for p in self._params):
+            return False
+        self.grad_scaler.unscale_(self.optimizer)
+        return True
 
     def _update(self, step: int) -> None:
         if self.selector.needs_proposal:
@@ -203,7 +232,8 @@ class AdaptedModel(nn.Module):
         grads = [p.grad for p in self._params if p.grad is not None]
         norms = torch._foreach_norm(grads) if grads else []
         finite = bool(torch.isfinite(torch.stack([loss.detach(), *norms])).all())
-        if not finite and not self._warned_nonfinite:
+        overflow = self.grad_scaler is not None and bool(torch.isfinite(loss.detach()))
+        if not finite and not self._warned_nonfinite and not overflow:  # float16: scale halves
             warnings.warn(
                 f"non-finite loss or gradient (loss={loss.item():.3g}); the update was skipped "
                 "and counted in n_nonfinite. Lower the learning rate if this repeats.",

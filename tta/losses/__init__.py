@@ -9,6 +9,7 @@ from tta.losses import (  # noqa: F401
     eata,
     entropy,
     lame,
+    memo,
     norm,
     pl,
     rdumb,
@@ -16,7 +17,9 @@ from tta.losses import (  # noqa: F401
     sar,
     shot,
     source,
+    t3a,
     tent,
+    ttaug,
 )
 from tta.losses.base import Loss
 

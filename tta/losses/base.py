@@ -63,8 +63,7 @@ class Loss:
     ) -> torch.Tensor | None:
         """Fill the trainable parameters' .grad; return the detached loss, or None to skip."""
         loss = self(logits if keep is None else logits[keep])
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()
 
     def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,140 @@
+"""Mixed precision: autocast dtypes, the float16 gradient scaler, channels-last, refusals."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from conftest import make_tiny_net
+from torch import nn
+
+import tta
+from tta.precision import Precision, check_amp
+
+
+def run(loss: str, amp: str | None, images: torch.Tensor, batches: int = 3, **kwargs):
+    torch.manual_seed(0)
+    adapted = tta.adapt(make_tiny_net(), loss=loss, amp=amp, **kwargs)
+    outputs = [adapted(images) for _ in range(batches)]
+    return adapted, outputs
+
+
+def params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("bad", ["fp32", "bfloat16", 16, True])
+def test_bad_amp_is_refused_with_the_choices(bad):
+    with pytest.raises(ValueError, match="'bf16'.*'fp16'.*None"):
+        check_amp(bad)
+    with pytest.raises(ValueError, match="amp must be"):
+        tta.adapt(make_tiny_net(), amp=bad)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_weights_stay_float32_and_results_stay_close(images, amp):
+    reference, expected = run("tent", None, images, optimizer="sgd", lr=0.05)
+    adapted, got = run("tent", amp, images, optimizer="sgd", lr=0.05)
+    assert all(p.dtype == torch.float32 for p in adapted.model.parameters())
+    assert all(out.dtype == torch.float32 for out in got)
+    assert adapted.counters.n_steps >= 2  # float16 may skip one overflowing step
+    moved = [
+        n
+        for n, p in params(adapted.model).items()
+        if not torch.equal(p, params(make_tiny_net())[n])
+    ]
+    assert moved  # the reduced-precision run adapted
+    tolerance = 0.05 if amp == "bf16" else 0.02  # bfloat16 keeps 8 mantissa bits
+    assert torch.allclose(got[-1], expected[-1], atol=tolerance)
+    assert not torch.equal(got[-1], expected[-1])  # autocast did change the arithmetic
+    assert adapted.describe()["amp"] == amp
+
+
+def test_float16_scales_the_loss_and_unscales_before_the_step(images):
+    """One SGD step under float16 moves the weights by lr * the true (unscaled) gradient."""
+    lr = 0.1
+    reference = tta.adapt(make_tiny_net(), loss="tent", optimizer="sgd", lr=lr, momentum=0.0)
+    reference(images)
+    adapted = tta.adapt(
+        make_tiny_net(), loss="tent", optimizer="sgd", lr=lr, momentum=0.0, amp="fp16"
+    )
+    adapted.grad_scaler._init_scale = 2.0**8  # a scale that cannot overflow this tiny net
+    seen = []
+    original = adapted.grad_scaler.scale
+    adapted.grad_scaler.scale = lambda loss: seen.append(float(loss.detach())) or original(loss)
+    adapted(images)
+    assert len(seen) == 1 and adapted.counters.n_steps == 1
+    source = params(make_tiny_net())
+    for name, value in params(adapted.model).items():
+        step = value - source[name]
+        expected = params(reference.model)[name] - source[name]
+        assert torch.allclose(step, expected, rtol=0.05, atol=1e-4), name
+    assert adapted.grad_scaler.get_scale() == 2.0**8  # no overflow: the scale stays
+
+
+def test_float16_overflow_skips_the_step_and_halves_the_scale(images):
+    adapted = tta.adapt(make_tiny_net(), loss="tent", amp="fp16")
+    adapted(images)
+    adapted.grad_scaler.update(2.0**60)  # float16 overflows for sure
+    before = params(adapted.model)
+    skipped = adapted.counters.n_nonfinite
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow is the scaler's business: no warning
+        adapted(images)
+    assert adapted.counters.n_nonfinite == skipped + 1
+    assert adapted.grad_scaler.get_scale() == 2.0**59
+    after = params(adapted.model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("loss", ["sar", "cotta", "deyo", "pl"])
+def test_float16_is_refused_for_losses_with_their_own_backward(loss):
+    model = make_tiny_net()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=rf"loss '{loss}' runs its own backward.*amp='bf16'"):
+        tta.adapt(model, loss=loss, amp="fp16")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("loss, options", [("sar", {"margin": 10.0}), ("cotta", {"ap": 0.0})])
+def test_bfloat16_runs_sam_and_teachers(images, loss, options):
+    """SAR's two passes and CoTTA's teacher/anchor copies run under bfloat16, weights float32."""
+    reference, expected = run(loss, None, images, batches=2, lr=1e-2, **options)
+    adapted, got = run(loss, "bf16", images, batches=2, lr=1e-2, **options)
+    assert adapted.counters.n_steps == 2 and adapted.counters.n_backward >= 2
+    assert all(p.dtype == torch.float32 for p in adapted.model.parameters())
+    if loss == "cotta":
+        assert all(p.dtype == torch.float32 for p in adapted.loss.teacher.parameters())
+    assert torch.allclose(got[-1], expected[-1], atol=0.1)
+
+
+def test_channels_last_weights_and_inputs(images):
+    reference, expected = run("tent", None, images)
+    adapted, got = run("tent", None, images, channels_last=True)
+    assert adapted.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got[-1], expected[-1], atol=1e-5)
+    adapted.reset()  # reset keeps the memory format (load_state_dict copies in place)
+    assert adapted.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_is_refused_for_a_model_without_images():
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="channels_last reorders 4-D image tensors"):
+        tta.adapt(mlp, channels_last=True)
+
+
+def test_training_free_losses_run_under_float16(images):
+    for loss in ("lame", "t3a", "source"):
+        adapted, got = run(loss, "fp16", images, batches=1)
+        _, expected = run(loss, None, images, batches=1)
+        assert got[0].dtype == torch.float32
+        assert torch.allclose(got[0], expected[0], atol=0.05), loss
+
+
+def test_precision_describes_itself():
+    assert Precision("bf16", True).describe() == {"amp": "bf16", "channels_last": True}
+    assert Precision().dtype == torch.float32
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        Precision(None, "yes")
