@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from tta.cli import USER_ERRORS, parse_options
-from tta.harness.sweep.grid import load_grid, with_overrides
+from tta.harness.sweep.kinds import load_any_grid, overrides
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -90,11 +90,11 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if not args.grid:
         raise ValueError("name a grid file (tta-sweep GRID.yaml), or --report DIR")
-    grid = load_grid(args.grid)
+    grid = load_any_grid(args.grid)
     executor = {
         key: getattr(args, flag) for flag, key in EXECUTOR_FLAGS.items() if getattr(args, flag)
     }
-    grid = with_overrides(grid, parse_options(args.set, "--set"), executor)
+    grid = overrides(grid, parse_options(args.set, "--set"), executor)
     if args.out:
         from dataclasses import replace
         from pathlib import Path

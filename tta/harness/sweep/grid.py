@@ -26,7 +26,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tta.harness.config import RunConfig
 
@@ -78,6 +78,7 @@ class ExecutorSpec:
 
 @dataclass(frozen=True)
 class Grid:
+    kind: ClassVar[str] = "run"  # `tta.harness.sweep.kinds`: run (tta-run cells) or finetune
     name: str
     out: Path
     fixed: dict[str, Any]

@@ -22,6 +22,7 @@ from tta.harness.config import RunConfig, resolve
 from tta.harness.run import Echo, RunResult, run, save
 from tta.harness.setup import build_benchmark, build_model, build_spec, pick_device
 from tta.harness.source_cache import source_errors
+from tta.harness.sweep.finetune_cell import run_finetune_cell
 from tta.harness.sweep.identity import run_config
 from tta.harness.sweep.state import (
     CellFiles,
@@ -123,7 +124,14 @@ def execute(files: CellFiles) -> str:
             log.flush()
 
         try:
-            config = run_config(read_json(files.config)["options"])
+            payload = read_json(files.config)
+            if payload.get("kind") == "finetune":  # searched by Optuna; Ctrl-C leaves it pending
+                staging.mkdir(parents=True)
+                write_json(staging / "results.json", run_finetune_cell(files.root, payload, echo))
+                commit(staging, files.root)
+                files.error.unlink(missing_ok=True)
+                return "done"
+            config = run_config(payload["options"])
             result = run_config_with_shared_data(config, echo)
             if result.interrupted:  # Ctrl-C: not the cell's failure; it stays pending
                 save(result, files.root / "partial")

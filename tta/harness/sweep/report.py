@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tta.harness.sweep import plots
 from tta.harness.sweep.aggregate import Gap, Row, gaps, method_rows, source_rows
+from tta.harness.sweep.finetune_report import write_finetune_report
 from tta.harness.sweep.grid import label
 from tta.harness.sweep.leaderboard import (
     STD_NOTE,
@@ -57,6 +58,8 @@ def notes(sweep: Sweep) -> list[str]:
 def write_report(directory: str | Path) -> dict[str, Path]:
     """Write the leaderboard and the HTML report of the sweep in `directory`."""
     sweep = open_sweep(directory)
+    if sweep.grid.kind == "finetune":  # its own leaderboard: accuracy under five threats
+        return write_finetune_report(sweep)
     plan, read = sweep.plan, sweep.read
     rows = method_rows(plan, read)
     sources = source_rows(plan, read)

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from tta.harness.sweep.executors import slurm_state
-from tta.harness.sweep.grid import Grid, parse_grid
-from tta.harness.sweep.plan import Cell, Plan, build_plan
+from tta.harness.sweep.grid import Grid
+from tta.harness.sweep.kinds import parse_any_grid, plan_of
+from tta.harness.sweep.plan import Cell, Plan
 from tta.harness.sweep.select import needed
 from tta.harness.sweep.state import (
     CellFiles,
@@ -25,7 +26,7 @@ class Sweep:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
         self.dir = Path(grid.out)
-        self.plan: Plan = build_plan(grid)
+        self.plan: Plan = plan_of(grid)
         self._results: dict[str, dict] = {}
         self._slurm_state = slurm_state(self.jobs_dir) if grid.executor.kind == "slurm" else None
 
@@ -62,6 +63,8 @@ class Sweep:
     def write_config(self, cell: Cell) -> None:
         files = self.files(cell.id)
         payload = {"id": cell.id, "options": cell.options, "identity": cell.identity}
+        if self.grid.kind != "run":  # what job.execute runs
+            payload["kind"] = self.grid.kind
         if read_json(files.config) != json.loads(json.dumps(payload, default=str)):
             write_json(files.config, payload)
 
@@ -77,4 +80,4 @@ def open_sweep(directory: str | Path) -> Sweep:
         )
     data["out"] = str(directory)
     source = data.pop("source", None) or str(directory / "grid.json")
-    return Sweep(parse_grid(data, directory.name, source))
+    return Sweep(parse_any_grid(data, directory.name, source))
