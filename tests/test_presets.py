@@ -151,6 +151,7 @@ EXPECTED = {
     "ttaug": {
         "cifar": (*CIFAR, {"n_augmentations": 32, "crop": "pad"}),
         "imagenet": (*IMAGENET, {"n_augmentations": 64, "crop": "resized"}),
+    },
     "roid": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "cmf": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "rdumb": {"cifar": (*CIFAR, {"d_margin": 0.4}), "imagenet": (*IMAGENET, {"d_margin": 0.05})},
