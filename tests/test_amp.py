@@ -138,3 +138,17 @@ def test_precision_describes_itself():
     assert Precision().dtype == torch.float32
     with pytest.raises(ValueError, match="channels_last must be True or False"):
         Precision(None, "yes")
+
+
+def test_cli_and_run_config_carry_amp_and_channels_last():
+    from tta.cli import run_parser, to_config
+    from tta.harness.config import RunConfig, resolve
+
+    config = resolve(to_config(run_parser().parse_args(["--amp", "bf16", "--channels-last"])))
+    assert (config.amp, config.channels_last) == ("bf16", True)
+    default = resolve(to_config(run_parser().parse_args([])))
+    assert (default.amp, default.channels_last) == (None, False)
+    with pytest.raises(SystemExit):
+        run_parser().parse_args(["--amp", "fp32"])
+    with pytest.raises(ValueError, match="amp must be"):
+        resolve(RunConfig(amp="float16"))

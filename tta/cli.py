@@ -25,6 +25,7 @@ from tta.harness.results import dump_json
 from tta.harness.run import run_and_save
 from tta.harness.seeds import run_seeds
 from tta.harness.stream import SETTINGS
+from tta.precision import AMP_DTYPES
 from tta.presets import FAMILIES, methods
 from tta.registry import LAYER_SELECTORS, LOSSES, NORMS
 from tta.robust_cli import parse_eps
@@ -151,6 +152,17 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=int, default=API_DEFAULTS["steps"], help="adaptation steps per batch"
     )
+    p.add_argument(
+        "--amp",
+        default=None,
+        choices=sorted(AMP_DTYPES),
+        help="mixed precision of the adapted run: autocast to bfloat16, or float16 with a "
+        "gradient scaler (refused for losses with their own backward: sar, eata, cotta, ...); "
+        "weights stay float32; default float32",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="NHWC weights and images (image models)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: mean and std over them")
     p.add_argument("--data-root", default=None, help="where datasets are found or generated")
@@ -228,6 +240,8 @@ def to_config(args: argparse.Namespace) -> RunConfig:
         lr=args.lr,
         momentum=args.momentum,
         steps=args.steps,
+        amp=args.amp,
+        channels_last=args.channels_last,
         benchmark=args.benchmark,
         corruptions=args.corruptions,
         severity=args.severity,

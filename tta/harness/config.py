@@ -17,6 +17,7 @@ from typing import Any
 import tta
 from tta.data.benchmarks import BENCHMARKS
 from tta.harness.brittleness import BrittlenessOptions
+from tta.precision import check_amp
 from tta.presets import family_of, preset
 from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 
@@ -44,6 +45,8 @@ class RunConfig:
     `no_source` / `no_all_layers` skip the source baseline / the same method updating all
     layers (run when the selector is not 'all'). `forgetting`: clean test images to measure
     forgetting on (0: off). `threads`: CPU threads (None: `tta.harness.threads`' default).
+    `amp` ('bf16', 'fp16' or None) and `channels_last`: the adapted run's precision and
+    memory format (`tta.precision`); the source baseline runs in float32.
     `brittleness`: an L-inf budget turns on the brittleness monitor
     (`tta.harness.brittleness`), its threshold set on `brittle_calibration` clean images;
     `robust_batches`: batches per domain attacked with APGD-CE (0: none).
@@ -64,6 +67,8 @@ class RunConfig:
     lr: float | None = None
     momentum: float | None = None
     steps: int = API_DEFAULTS["steps"]
+    amp: str | None = None
+    channels_last: bool = False
     benchmark: str = "fmnist-c"
     corruptions: str | Sequence[str] | None = None
     severity: int = 5
@@ -151,6 +156,7 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ValueError("--preset-family chooses the preset of --method; pass --method too")
     if config.forgetting < 0:
         raise ValueError(f"--forgetting takes a number of images >= 0, got {config.forgetting}")
+    check_amp(config.amp)
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {config.threads}")
     if config.brittleness is not None:

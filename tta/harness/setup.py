@@ -102,6 +102,8 @@ def build_adapted(
         sample_filter_options=config.sample_filter_options,
         norm=config.norm,
         norm_options=config.norm_options,
+        amp=config.amp,
+        channels_last=config.channels_last,
         **config.loss_options,
         **source_data(config, benchmark, device),
     )
