@@ -152,3 +152,16 @@ def test_cli_and_run_config_carry_amp_and_channels_last():
         run_parser().parse_args(["--amp", "fp32"])
     with pytest.raises(ValueError, match="amp must be"):
         resolve(RunConfig(amp="float16"))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_a_weight_changed_inside_a_step_is_seen_by_the_next_forward(amp):
+    """No cached low-precision weight copies: SAR perturbs, MEMO predicts after its update."""
+    layer = nn.Linear(4, 3)
+    x = torch.ones(2, 4)
+    with Precision(amp).autocast(torch.device("cpu")):
+        before = layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        after = layer(x)
+    assert torch.allclose(after - before, torch.full_like(before, 4.0), atol=0.05)

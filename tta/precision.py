@@ -85,10 +85,14 @@ class Precision:
             )
 
     def autocast(self, device: torch.device) -> AbstractContextManager:
-        """The autocast context of a forward pass on `device` (nothing for float32)."""
+        """The autocast context of the passes of a step on `device` (nothing for float32).
+
+        Its cache of reduced-precision weight copies is off: a step changes the weights
+        in place between its forward passes (SAR's perturbation, MEMO's prediction after
+        the update), and a cached copy would be stale."""
         if self.amp is None:
             return nullcontext()
-        return torch.autocast(device.type, dtype=self.dtype)
+        return torch.autocast(device.type, dtype=self.dtype, cache_enabled=False)
 
     def float32(self, device: torch.device) -> AbstractContextManager:
         """Autocast switched off inside an autocast region (optimizer steps, EMA updates)."""
