@@ -24,6 +24,7 @@ from tta.registry import LAYER_SELECTORS, LOSSES, NORMS, SAMPLE_FILTERS
 LOSS_OPTIONS = {
     "eta": {"e_margin": 1.0, "d_margin": 1.5},
     "eata": {"e_margin": 1.0, "d_margin": 1.5},
+    "rdumb": {"e_margin": 1.0, "d_margin": 1.5},
     "sar": {"margin": 1.0},
     "pl": {"threshold": 0.0},
     "shot": {"threshold": 0.0},
@@ -37,6 +38,9 @@ FILTER_OPTIONS = {"entropy": {"margin": 1.0}, "redundancy": {"d_margin": 1.5}}
 REFUSED: dict[tuple[str, str], str] = {
     ("cotta", "grad-align"): "needs more than the logits",
     ("deyo", "grad-align"): "needs more than the logits",
+    ("roid", "grad-align"): "needs more than the logits",
+    ("cmf", "grad-align"): "needs more than the logits",
+    ("adacontrast", "grad-align"): "needs more than the logits",
     ("memo", "grad-align"): "needs more than the logits",
 }
 # Combinations that fail today without a clear refusal (strict xfail: fixing one fails here,

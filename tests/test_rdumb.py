@@ -10,6 +10,9 @@ import torch
 from conftest import make_tiny_net
 
 import tta
+from tta.cli import run_parser, to_config
+from tta.harness.config import resolve
+from tta.harness.setup import build_adapted
 from tta.presets import preset
 
 
@@ -106,3 +109,14 @@ def test_bad_values(value):
 def test_refused_for_a_loss_without_steps():
     with pytest.raises(ValueError, match="nothing to reset"):
         tta.adapt(make_tiny_net(), loss="lame", reset_every=10)
+
+
+def test_run_flag_reaches_the_engine():
+    parse = run_parser().parse_args
+    config = resolve(to_config(parse(["--loss", "tent", "--reset-every", "5"])))
+    adapted = build_adapted(config, make_tiny_net(), None, torch.device("cpu"))
+    assert config.reset_every == 5 and adapted.reset_every == 5
+    default = resolve(to_config(parse(["--method", "rdumb"])))
+    assert build_adapted(default, make_tiny_net(), None, torch.device("cpu")).reset_every == 1000
+    with pytest.raises(ValueError, match="--reset-every"):
+        resolve(to_config(parse(["--loss", "tent", "--reset-every", "-1"])))

@@ -153,6 +153,14 @@ def run_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=API_DEFAULTS["steps"], help="adaptation steps per batch"
     )
     p.add_argument(
+        "--reset-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="back to the source weights, optimizer and loss state after every N adaptation "
+        "steps (RDumb); 0: never; default: the loss's (1000 for rdumb, else never)",
+    )
+    p.add_argument(
         "--amp",
         default=None,
         choices=sorted(AMP_DTYPES),
@@ -240,6 +248,7 @@ def to_config(args: argparse.Namespace) -> RunConfig:
         lr=args.lr,
         momentum=args.momentum,
         steps=args.steps,
+        reset_every=args.reset_every,
         amp=args.amp,
         channels_last=args.channels_last,
         benchmark=args.benchmark,

@@ -45,6 +45,8 @@ class RunConfig:
     `no_source` / `no_all_layers` skip the source baseline / the same method updating all
     layers (run when the selector is not 'all'). `forgetting`: clean test images to measure
     forgetting on (0: off). `threads`: CPU threads (None: `tta.harness.threads`' default).
+    `reset_every`: back to the source every N adaptation steps (RDumb; 0: never; None: the
+    loss's default, 1000 for rdumb).
     `amp` ('bf16', 'fp16' or None) and `channels_last`: the adapted run's precision and
     memory format (`tta.precision`); the source baseline runs in float32.
     `brittleness`: an L-inf budget turns on the brittleness monitor
@@ -67,6 +69,7 @@ class RunConfig:
     lr: float | None = None
     momentum: float | None = None
     steps: int = API_DEFAULTS["steps"]
+    reset_every: int | None = None
     amp: str | None = None
     channels_last: bool = False
     benchmark: str = "fmnist-c"
@@ -159,6 +162,8 @@ def resolve(config: RunConfig) -> RunConfig:
     check_amp(config.amp)
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {config.threads}")
+    if config.reset_every is not None and config.reset_every < 0:
+        raise ValueError(f"--reset-every takes a number of steps >= 0, got {config.reset_every}")
     if config.brittleness is not None:
         brittleness_options(config)  # raises on a bad budget or count
     elif config.robust_batches:

@@ -96,6 +96,7 @@ def build_adapted(
         optimizer=config.optimizer,
         lr=config.lr,
         steps=config.steps,
+        reset_every=config.reset_every,
         momentum=config.momentum,
         selector_options=config.selector_options,
         sample_filter=config.sample_filter,
