@@ -1,5 +1,6 @@
 """Command line `tta-robust`: `eval` (expected robustness), `margins` (margin consistency),
-`train-robust` (the adversarially trained Fashion-MNIST ResNet-20). Thin: parses flags and
+`train-robust` (the adversarially trained Fashion-MNIST ResNet-20), `finetune` (robust
+fine-tuning with Epsilon-Scheduling, `tta.robust.finetune.command`). Thin: parses flags and
 calls `tta.robust`.
 """
 
@@ -238,12 +239,18 @@ def parser() -> argparse.ArgumentParser:
     eval_parser(sub)
     margins_parser(sub)
     train_parser(sub)
+    from tta.robust.finetune.command import add_parser as finetune_parser
+
+    finetune_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from tta.robust.finetune.command import run as run_finetune
+
     commands = {"eval": run_eval, "margins": run_margins, "train-robust": run_train}
+    commands["finetune"] = run_finetune
     try:
         commands[args.command](args)
     except USER_ERRORS as error:
