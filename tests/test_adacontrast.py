@@ -243,3 +243,14 @@ def test_reset_restores_the_key_encoder_and_empties_the_queues(images):
 def test_bad_options(options):
     with pytest.raises(ValueError, match="loss 'adacontrast'"):
         tta.adapt(make_tiny_net(), loss="adacontrast", **options)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision(images, amp):
+    adapted = tta.adapt(make_tiny_net(), loss="adacontrast", amp=amp, lr=1e-2, warmup_samples=16)
+    for step in range(3):  # the third batch votes in the bank
+        logits = adapted(images.roll(step, 0))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert adapted.loss.bank["features"].dtype == torch.float32
+    assert adapted.loss.memory.features.dtype == torch.float32
+    assert adapted.counters.n_steps + adapted.counters.n_nonfinite == 3

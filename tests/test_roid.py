@@ -188,3 +188,16 @@ def test_augmentation_keeps_shape_and_range(images):
     out = roid_augment(images)
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.equal(out, images)
+
+
+@pytest.mark.parametrize("loss", ["roid", "cmf"])
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision(images, loss, amp):
+    adapted = tta.adapt(make_tiny_net(), loss=loss, amp=amp, lr=1e-2)
+    source = {n: p.detach().clone() for n, p in adapted.model.named_parameters()}
+    for step in range(2):
+        logits = adapted(images.roll(step, 0))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert adapted.loss.class_probs.dtype == torch.float32
+    changed = [n for n, p in adapted.model.named_parameters() if not torch.equal(p, source[n])]
+    assert adapted.counters.n_steps + adapted.counters.n_nonfinite == 2 and changed

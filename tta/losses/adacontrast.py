@@ -35,6 +35,9 @@ of mariodoebler/test-time-adaptation (`classification/methods/adacontrast.py`, d
   official `forward` predicts after `forward_and_adapt`).
 - Every parameter trains (`default_params = "all"`).
 
+Mixed precision (`amp`): bfloat16 and float16 (one backward, through
+`LossContext.backward`); the memory queue and the feature bank are kept in float32.
+
 Presets (`presets`): the official configs for `cifar10_c` and `imagenet_c`: SGD lr 2e-4,
 momentum 0.9, weight decay 1e-4, Nesterov; batch 200 (`cifar`) and 64 (`imagenet`).
 
@@ -124,7 +127,7 @@ class MemoryQueue:
     def push(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
         size = self.features.shape[1]
         idx = torch.arange(self.pointer, self.pointer + len(keys), device=keys.device) % size
-        self.features[:, idx] = keys.T
+        self.features[:, idx] = keys.T.to(self.features.dtype)
         self.labels[idx] = labels
         self.pointer = (self.pointer + len(keys)) % size
 
@@ -135,12 +138,12 @@ def update_bank(bank: dict, features: torch.Tensor, probs: torch.Tensor, queue_s
     start = bank["ptr"]
     end = start + len(features)
     if bank["features"].shape[0] < queue_size:
-        bank["features"] = torch.cat([bank["features"], features])
-        bank["probs"] = torch.cat([bank["probs"], probs])
+        bank["features"] = torch.cat([bank["features"], features.to(bank["features"].dtype)])
+        bank["probs"] = torch.cat([bank["probs"], probs.to(bank["probs"].dtype)])
     else:
         idx = torch.arange(start, end, device=features.device) % len(bank["features"])
-        bank["features"][idx] = features
-        bank["probs"][idx] = probs
+        bank["features"][idx] = features.to(bank["features"].dtype)
+        bank["probs"][idx] = probs.to(bank["probs"].dtype)
     bank["ptr"] = end % len(bank["features"])
 
 
@@ -173,6 +176,7 @@ class AdaContrastLoss(Loss):
     default_params = "all"
     default_norm = "source"  # the loss switches BatchNorm to train mode for its forwards
     scores_logits_alone = False  # the objective needs augmented views of the images
+    grad_scaling = True  # its one backward goes through LossContext.backward (float16-safe)
     presets = {
         "cifar": cifar_adam(optimizer="sgd", lr=2e-4, momentum=0.9),
         "imagenet": imagenet_sgd(lr=2e-4),
@@ -283,8 +287,7 @@ class AdaContrastLoss(Loss):
         keep: torch.Tensor | None,
     ) -> torch.Tensor | None:
         loss = self.objective(context, x if keep is None else x[keep])
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()
 
     @torch.no_grad()
@@ -297,9 +300,9 @@ class AdaContrastLoss(Loss):
             features, logits = features_and_logits(self.key_encoder, weak)
         context.count_forward()
         if self.bank["features"] is None:
-            self.bank["features"] = features.new_empty(0, features.shape[1])
-            self.bank["probs"] = logits.new_empty(0, logits.shape[1])
-        update_bank(self.bank, features, logits.softmax(1), self.queue_size)
+            self.bank["features"] = features.new_empty(0, features.shape[1], dtype=torch.float32)
+            self.bank["probs"] = logits.new_empty(0, logits.shape[1], dtype=torch.float32)
+        update_bank(self.bank, features, logits.float().softmax(1), self.queue_size)
 
     @torch.no_grad()
     def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,10 @@ padding_mode="reflect", cotta_augs=False)`), defaults in `conf.py` `_C.ROID`):
   +-15 degrees, scale 0.9-1.1, shift 1/8) with reflected borders, horizontal flip w.p. 0.5,
   clip; no blur, no noise.
 
+Mixed precision (`amp`): bfloat16 and float16 (the one backward goes through
+`LossContext.backward`, so the float16 gradient scaler reaches it); the weights, the prior
+average and the prior correction are computed in float32.
+
 Presets (`presets`): the official `cfgs/cifar10_c/roid.yaml` and `cifar100_c/roid.yaml`
 (Adam 1e-3, batch 200) for the `cifar` family; `cfgs/imagenet_c/roid.yaml` (SGD 2.5e-4,
 momentum 0.9, batch 64) for `imagenet`.
@@ -141,6 +145,7 @@ class ROIDLoss(Loss):
     default_params = "norm"
     default_norm = "batch"
     scores_logits_alone = False  # the consistency term needs the images
+    grad_scaling = True  # its one backward goes through LossContext.backward (float16-safe)
     presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def __init__(
@@ -182,6 +187,7 @@ class ROIDLoss(Loss):
         self, context: LossContext, x: torch.Tensor, logits: torch.Tensor, batch_size: int
     ) -> torch.Tensor:
         """The weighted SLR (+ consistency) of a batch; updates the prior moving average."""
+        logits = logits.float()  # weights and averages in float32 under mixed precision
         if self.class_probs is None:
             c = logits.shape[1]
             self.class_probs = torch.full((c,), 1 / c, device=logits.device, dtype=logits.dtype)
@@ -203,7 +209,7 @@ class ROIDLoss(Loss):
         if self.use_consistency and bool(keep.any()):
             augmented = context.model(roid_augment(x[keep]))
             context.count_forward()
-            consistency = symmetric_cross_entropy(augmented, logits[keep]) * weights[keep]
+            consistency = symmetric_cross_entropy(augmented.float(), logits[keep]) * weights[keep]
             loss = loss + consistency.sum() / batch_size
         return loss
 
@@ -218,8 +224,7 @@ class ROIDLoss(Loss):
         if keep is not None:
             x, logits = x[keep], logits[keep]
         loss = self.objective(context, x, logits, batch_size)
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()
 
     def source_pairs(self, context: LossContext) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -230,7 +235,7 @@ class ROIDLoss(Loss):
         weight_ensemble(self.source_pairs(context), self.momentum_src)
 
     def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return prior_correction(logits) if self.use_prior_correction else logits
+        return prior_correction(logits.float()) if self.use_prior_correction else logits
 
     def stats(self) -> dict[str, int]:
         return {"n_masked": self.n_masked}
