@@ -14,7 +14,7 @@ from tta.harness.sweep.finetune_grid import SearchSpec
 from tta.harness.sweep.finetune_report import METRICS, write_finetune_report
 from tta.harness.sweep.finetune_search import open_study, run_search
 from tta.harness.sweep.grid import GridError
-from tta.harness.sweep.kinds import parse_any_grid, plan_of
+from tta.harness.sweep.kinds import load_any_grid, parse_any_grid, plan_of
 from tta.harness.sweep.state import write_json
 from tta.harness.sweep.study import Sweep
 
@@ -183,3 +183,16 @@ def test_leaderboard_has_the_five_accuracies_and_checks_the_findings(tmp_path):
     assert [float(r["linf"]) for r in rows] == [43.0, 40.0, 5.0, 2.0]  # ranked by L-inf
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") == 2
+
+
+@pytest.mark.parametrize(("name", "cells"), [("robust_ft_offline", 12), ("robust_ft_paper", 144)])
+def test_shipped_finetune_grids_plan(name, cells):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sweeps" / f"{name}.yaml"
+    grid = load_any_grid(path)
+    plan = plan_of(grid)
+    assert grid.kind == "finetune" and len(plan.test) == cells
+    protocols = {
+        (c.identity["config"]["protocol"], c.identity["config"]["epochs"]) for c in plan.test
+    }
+    assert len(protocols) == 3  # FFT long, FFT short, LP
+    assert {c.identity["config"]["objective"] for c in plan.test} == {"at", "trades"}
