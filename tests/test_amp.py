@@ -165,3 +165,31 @@ def test_a_weight_changed_inside_a_step_is_seen_by_the_next_forward(amp):
             layer.weight.add_(1.0)
         after = layer(x)
     assert torch.allclose(after - before, torch.full_like(before, 4.0), atol=0.05)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_every_loss_runs_or_refuses_clearly(amp):
+    """bfloat16 and channels-last run every registered method; float16 runs it or refuses it
+    with the message (the composition test's options make the tiny batches pass filters)."""
+    from test_composition import loss_options
+
+    from tta.precision import scales_gradients
+    from tta.registry import LOSSES
+
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for name in LOSSES.names():
+        torch.manual_seed(0)
+        refused = amp == "fp16" and LOSSES.get(name).adapts
+        refused = refused and not scales_gradients(LOSSES.create(name, **loss_options(name)))
+        if refused:
+            with pytest.raises(ValueError, match="runs its own backward passes"):
+                tta.adapt(make_tiny_net(), loss=name, amp=amp, **loss_options(name))
+            continue
+        adapted = tta.adapt(
+            make_tiny_net(), loss=name, amp=amp, channels_last=True, **loss_options(name)
+        )
+        outputs = [adapted(x) for _ in range(2)]
+        assert all(o.dtype == torch.float32 and torch.isfinite(o).all() for o in outputs), name
+        assert all(p.dtype == torch.float32 for p in adapted.model.parameters()), name
+        if adapted.adapts and amp == "bf16":  # float16 may skip an overflowing step
+            assert adapted.counters.n_steps > 0, (name, adapted.counters)

@@ -20,7 +20,8 @@ intersection (APGD-L1's `L1_projection` computes that one); (3) default step siz
 `2.5 * eps / steps` and a zero start, as `tta.robust.pgd`'s convention.
 
 `apgd_l1` calls the AutoAttack authors' `APGDAttack(norm="L1")` (pyautoattack, optional:
-`pip install 'tta[robust]'`); its output is checked to lie in the ball and the box.
+`pip install 'tta[robust]'`); its output is clipped into the ball and the box (float
+error), and torch's global RNG, which APGDAttack reseeds, is restored afterwards.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def apgd_l1(
         from pyautoattack.autopgd_base import APGDAttack
     except ImportError as error:
         raise ImportError(MISSING) from error
-    with attack_state(model) as net:
+    with attack_state(model) as net, torch.random.fork_rng(devices=_cuda_devices(x)):
         attack = APGDAttack(
             net,
             n_iter=steps,
@@ -170,3 +171,7 @@ def apgd_l1(
         with torch.no_grad():
             fooled = net(x_adv).argmax(1) != y
     return AttackResult(x_adv, fooled)
+
+
+def _cuda_devices(x: torch.Tensor) -> list[int]:
+    return [x.device.index or 0] if x.device.type == "cuda" else []

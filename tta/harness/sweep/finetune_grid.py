@@ -13,7 +13,7 @@
       schedule: [fixed]
     search:                                    # Optuna, per cell, on the validation split
       trials: 4
-      sampler: tpe                             # or random
+      sampler: random                          # ASHA's; or tpe
       pruner: {min_resource: 1, reduction_factor: 3}
       space:
         lr: {low: 1.0e-4, high: 1.0e-2, log: true}
@@ -68,7 +68,7 @@ class SearchSpec:
     the successive-halving pruner (epochs are its resource) and the search space."""
 
     trials: int = 4
-    sampler: str = "tpe"
+    sampler: str = "random"  # ASHA samples at random (Li et al. 2020); tpe: Optuna's TPE
     min_resource: int = 1
     reduction_factor: int = 3
     min_early_stopping_rate: int = 0

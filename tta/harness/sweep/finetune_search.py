@@ -7,7 +7,7 @@ loss. Here that is Optuna's `SuccessiveHalvingPruner` (its ASHA) with epochs as 
 resource: after each epoch the fine-tuning run's `on_epoch` reports the validation loss
 (`trial.report`) and raises `optuna.TrialPruned` when the pruner says so. A trial's value
 is its last epoch's validation loss (the model that is kept is the last one). No search
-loop of our own: Optuna asks, samples (TPE, or random) and prunes.
+loop of our own: Optuna asks, samples (at random, as ASHA does, or TPE) and prunes.
 
 Resuming (a killed cell runs again): the study lives in `<cell>/optuna.journal`
 (`JournalFileBackend`, an append-only log, safe on shared file systems). Completed and
