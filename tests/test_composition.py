@@ -29,6 +29,7 @@ LOSS_OPTIONS = {
     "pl": {"threshold": 0.0},
     "shot": {"threshold": 0.0},
     "deyo": {"margin": 1.0, "plpd_threshold": -1.0},
+    "rotta": {"update_frequency": 8},  # one update per batch of 8 (64 by default)
 }
 # auto-snr only collects gradients for its first `window - 1` steps (default 5 > 3 batches);
 # `normalize` always keeps the tensor of highest SNR (SHOT-IM's are all below 0.95 here).
@@ -42,6 +43,9 @@ REFUSED: dict[tuple[str, str], str] = {
     ("cmf", "grad-align"): "needs more than the logits",
     ("adacontrast", "grad-align"): "needs more than the logits",
     ("memo", "grad-align"): "needs more than the logits",
+    ("rotta", "grad-align"): "needs more than the logits",
+    ("rmt", "grad-align"): "needs more than the logits",
+    ("santa", "grad-align"): "needs more than the logits",
 }
 # Combinations that fail today without a clear refusal (strict xfail: fixing one fails here,
 # so it is moved out of this list).

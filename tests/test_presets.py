@@ -159,6 +159,32 @@ EXPECTED = {
         "cifar": ("sgd", 2e-4, 200, 0.9, None, {}),
         "imagenet": ("sgd", 2e-4, 64, 0.9, None, {}),
     },
+    "rotta": {
+        "cifar": ("adam", 1e-3, 64, 0.9, None, {}),
+        "imagenet": ("adam", 1e-3, 64, 0.9, None, {}),
+    },
+    "rmt": {
+        "cifar": (*CIFAR, {"aux_optimizer": "adam", "aux_lr": 1e-3}),
+        "imagenet": (
+            "sgd",
+            0.01,
+            64,
+            0.9,
+            None,
+            {"aux_optimizer": "sgd", "aux_lr": 0.01, "source_batch_size": 64},
+        ),
+    },
+    "santa": {
+        "cifar": (*CIFAR, {"aux_optimizer": "adam", "aux_lr": 1e-3}),
+        "imagenet": (
+            "sgd",
+            0.01,
+            64,
+            0.9,
+            None,
+            {"aux_optimizer": "sgd", "aux_lr": 0.01, "source_batch_size": 64},
+        ),
+    },
 }
 BENCHMARK_CHANGES = {
     ("eta", "cifar100-c"): {"d_margin": 0.1},

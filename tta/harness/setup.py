@@ -65,7 +65,8 @@ def source_data(config: RunConfig, benchmark: Benchmark, device: torch.device) -
 
     A loss declares the need with a `source_data_option` class attribute (the constructor
     argument to fill) and `default_num_samples`; `num_samples` in the loss options overrides
-    the count. The images come from the benchmark's source split.
+    the count. The images come from the benchmark's source split; a loss that also declares
+    `source_data_labels = True` (RMT, SANTA) gets (images, labels) batches.
     """
     factory = LOSSES.get(config.loss)
     option = getattr(factory, "source_data_option", None)
@@ -74,13 +75,20 @@ def source_data(config: RunConfig, benchmark: Benchmark, device: torch.device) -
     default = getattr(factory, "default_num_samples", 2000)
     n = int(config.loss_options.get("num_samples", default))
     try:
-        images, _ = benchmark.source_samples(n, config.seed)
+        images, labels = benchmark.source_samples(n, config.seed)
     except NotImplementedError as error:
         raise ValueError(
             f"loss {config.loss!r} needs clean source images ({option}), but {error}; "
             "use a loss without them (e.g. eta instead of eata)"
         ) from error
     size = config.batch_size
+    if getattr(factory, "source_data_labels", False):
+        return {
+            option: (
+                (to_batch(images[i : i + size], device), torch.from_numpy(labels[i : i + size]))
+                for i in range(0, len(images), size)
+            )
+        }
     return {option: (to_batch(images[i : i + size], device) for i in range(0, len(images), size))}
 
 
