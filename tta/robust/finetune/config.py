@@ -108,7 +108,7 @@ class FinetuneConfig:
         if self.schedule == "warmup":
             return 0.0, t2
         if self.schedule == "auto":
-            return t2, float(self.epochs - 1)
+            return min(t2, float(self.epochs - 1)), float(self.epochs - 1)
         return t1, t2
 
     def to_dict(self) -> dict:
