@@ -254,3 +254,9 @@ def test_mixed_precision(images, amp):
     assert adapted.loss.bank["features"].dtype == torch.float32
     assert adapted.loss.memory.features.dtype == torch.float32
     assert adapted.counters.n_steps + adapted.counters.n_nonfinite == 3
+
+
+def test_model_without_linear_head_is_refused():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveAvgPool2d(1))
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        tta.adapt(torch.nn.Sequential(model, torch.nn.Flatten()), loss="adacontrast")

@@ -62,10 +62,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tta.checks import require_images
+from tta.classes import last_linear
 from tta.context import LossContext
 from tta.losses.base import Loss
 from tta.losses.cotta import ema_update
-from tta.losses.lame import last_linear
 from tta.losses.moco_augment import strong_view, weak_view
 from tta.presets import cifar_adam, imagenet_sgd
 from tta.registry import LOSSES
@@ -87,10 +87,22 @@ def batchnorm_train(model: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's last nn.Linear, whose input is the feature vector, or a clear error."""
+    found = last_linear(model)
+    if found is None:
+        raise ValueError(
+            f"loss 'adacontrast' contrasts the features that enter the classifier, found as the "
+            f"input of the last nn.Linear layer, but {type(model).__name__} has no nn.Linear; "
+            "use a model whose classifier is an nn.Linear"
+        )
+    return found[1]
+
+
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(input of the model's last nn.Linear, flattened; logits) of one forward."""
     captured: list[torch.Tensor] = []
-    hook = last_linear(model).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    hook = classifier(model).register_forward_hook(lambda m, i, o: captured.append(i[0]))
     try:
         logits = model(x)
     finally:
@@ -222,7 +234,7 @@ class AdaContrastLoss(Loss):
 
     def check_model(self, model: nn.Module) -> None:
         require_images(model, "loss 'adacontrast'", "learns from augmented views of images")
-        last_linear(model)
+        classifier(model)
 
     def configure(self, model: nn.Module) -> None:
         self.key_encoder = copy.deepcopy(model).requires_grad_(False)

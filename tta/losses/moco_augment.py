@@ -84,7 +84,7 @@ def color_jitter(x: torch.Tensor) -> torch.Tensor:
     contrast = _uniform(n, 0.6, 1.4, x)
     saturation = _uniform(n, 0.6, 1.4, x)
     hue = _uniform(n, -0.1, 0.1, x).flatten()
-    order = torch.stack([torch.randperm(4) for _ in range(n)]).to(x.device)  # (n, 4)
+    order = torch.rand(n, 4).argsort(1).to(x.device)  # a random permutation per image
     for slot in range(4):
         op = order[:, slot].view(-1, 1, 1, 1)
         mean = gray(x).mean(dim=(1, 2, 3), keepdim=True)

@@ -45,7 +45,8 @@ Deviations: the loss is divided by the length of the batch given (the official d
 the configured batch size; they differ only on a stream's last, shorter batch); a batch
 where every sample has the same diversity (or certainty) value, e.g. one image, gives 0/0 in
 the official min-max normalization (NaN weights); here those normalized weights are 0, so
-every sample is kept with weight 1; the colour jitter leaves out the hue jitter (see
+every sample is kept with weight 1; with `use_weighting=False` (the official code then
+fails on its undefined mask) every sample counts with weight 1; the colour jitter leaves out the hue jitter (see
 tta/losses/cotta.py); `reset()` also forgets the prior moving average, as the official
 reset. A sample filter given to the engine (`keep`) restricts the batch first. Samples
 masked by the diversity weight are counted in `stats()["n_masked"]` and in the engine's
