@@ -12,8 +12,9 @@ from `fmnist5`), eps_g in {4/255, 8/255} and 3 seeds:
 
 Everything else as `tta.robust.finetune` (full fine-tuning, AdamW, warm-up + cosine, APGD-CE
 7 steps in training, 10 at evaluation, expected robustness on the grid of 1/255), at a CPU
-size: `--size default` fits ~30 minutes on 2 cores; `--size full` is 4x the images and
-2x the epochs. Runs are cached per cell in `--out` (results.json) and resume from their
+size: `--size default` (160 training images, 8 epochs, 150 test images, validation attack
+2 steps) is meant to fit ~30 minutes on 2 cores; `--size full` is 4x the images, 2x the
+epochs, 500 test images and a 10-step validation attack. Runs are cached per cell in `--out` (results.json) and resume from their
 epoch checkpoints.
 
     OMP_NUM_THREADS=2 python benchmarks/epsilon_scheduling.py              # default size
@@ -32,10 +33,16 @@ from pathlib import Path
 from tta.robust.finetune import FinetuneConfig, evaluate, finetune, load_task
 
 SIZES = {
-    # n_train, n_val, n_test, epochs, batch, patience
-    "smoke": dict(n_train=64, n_val=32, n_test=32, epochs=3, batch_size=32, patience=1),
-    "default": dict(n_train=256, n_val=64, n_test=200, epochs=8, batch_size=32, patience=2),
-    "full": dict(n_train=1024, n_val=200, n_test=500, epochs=16, batch_size=64, patience=3),
+    # images per split, epochs, batch, auto's patience, validation attack steps
+    "smoke": dict(
+        n_train=64, n_val=32, n_test=32, epochs=3, batch_size=32, patience=1, val_steps=1
+    ),
+    "default": dict(
+        n_train=160, n_val=48, n_test=150, epochs=8, batch_size=32, patience=2, val_steps=2
+    ),
+    "full": dict(
+        n_train=640, n_val=200, n_test=500, epochs=16, batch_size=64, patience=3, val_steps=10
+    ),
 }
 METHODS = {
     "FT": dict(objective="clean"),
@@ -52,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eps", default="4/255,8/255")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--out", default="runs/epsilon_scheduling")
     return p.parse_args()
 
@@ -91,6 +98,7 @@ def main() -> None:
                 epochs=size["epochs"],
                 batch_size=size["batch_size"],
                 patience=size["patience"],
+                val_steps=size["val_steps"],
             )
             if "FT" in methods:  # clean training ignores eps: train once, test at every eps_g
                 config = FinetuneConfig(**base, **METHODS["FT"], eps=budgets[0])

@@ -46,6 +46,7 @@ class FinetuneConfig:
     attack: str = "apgd"
     train_steps: int = 7
     eval_steps: int = 10
+    val_steps: int | None = None  # APGD-CE steps of the per-epoch validation (None: eval_steps)
     eps: float = 4 / 255
     schedule: str = "linear"
     t1: float = 0.24
@@ -78,6 +79,8 @@ class FinetuneConfig:
         _at_least("batch_size", self.batch_size, 1)
         _at_least("train_steps", self.train_steps, 1)
         _at_least("eval_steps", self.eval_steps, 1)
+        if self.val_steps is not None:
+            _at_least("val_steps", self.val_steps, 1)
         _at_least("patience", self.patience, 1)
         _at_least("last_k", self.last_k, 1)
         for name in ("n_train", "n_val", "n_test"):

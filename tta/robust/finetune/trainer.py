@@ -225,7 +225,8 @@ def finetune(
             budgets.append(eps)
             attacked += int(ran)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", eps=f"{eps * 255:.2f}/255")
-        val = _robust_accuracy(model, x_val, y_val, config.eps, config.eval_steps, config.seed)
+        val_steps = config.val_steps or config.eval_steps
+        val = _robust_accuracy(model, x_val, y_val, config.eps, val_steps, config.seed)
         eps_schedule.observe(epoch, val["clean"])
         t1, t2 = eps_schedule.hinges()
         elapsed += time.perf_counter() - began
