@@ -24,7 +24,8 @@ def plot_run(history: list[dict], eps_g: float, hinges: tuple[float, float], pat
     ends = [h["epoch"] for h in history]
     if history:
         left.plot(ends, [h["eps"] * 255 for h in history], "o", ms=3, label="at epoch end")
-    for x, name in ((t1, "T1"), (t2, "T2")):
+    marks = ((t1, "T1 = T2"),) if t1 == t2 else ((t1, "T1"), (t2, "T2"))
+    for x, name in marks:
         left.axvline(x, color="grey", ls=":", lw=1)
         left.text(x, eps_g * 255 * 1.02, name, ha="center", fontsize=8)
     left.set_xlabel("epoch")
