@@ -234,7 +234,7 @@ def heatmap(rows: list[FtRow]) -> bytes:
         [[np.nan if r.mean.get(m) is None else r.mean[m] for m in METRICS] for r in shown],
         dtype=float,
     ).reshape(len(shown), len(METRICS))
-    names = [r.name if len(r.name) <= 70 else r.name[:69] + "…" for r in shown]
+    names, varying = short_names(shown)
     width = min(16.0, 4.0 + 0.065 * max(map(len, names or [""])))
     height = min(22.0, 1.5 + 0.3 * len(shown))
     fig, ax = plt.subplots(figsize=(width, height))
@@ -249,7 +249,20 @@ def heatmap(rows: list[FtRow]) -> bytes:
     hidden = len(done) - len(shown)
     note = f" (best {len(shown)} by L-inf; {hidden} more in leaderboard.csv)" if hidden > 0 else ""
     ax.set_title("test accuracy (%) per threat, mean over seeds" + note, fontsize=10)
+    ax.set_ylabel(" | ".join(varying) or "configuration", fontsize=9)
     return _png(fig)
+
+
+def short_names(rows: list[FtRow], width: int = 80) -> tuple[list[str], list[str]]:
+    """Row labels from the values of the axes that differ between `rows` (names once, on
+    the axis), so the distinguishing part is never cut off; and those axes' names."""
+    axes = list(dict.fromkeys(k for r in rows for k in r.axes))
+    varying = [a for a in axes if len({r.axes.get(a) for r in rows}) > 1]
+    names = []
+    for r in rows:
+        text = " | ".join(r.axes.get(a, "-") for a in varying) or r.name
+        names.append(text if len(text) <= width else "…" + text[-(width - 1) :])
+    return names, varying
 
 
 def scatter(rows: list[FtRow]) -> bytes:
