@@ -15,7 +15,9 @@ loop reloads the checkpoint before each image):
   (`default_params = "all"`, the official optimizer gets `net.parameters()`).
 - Prediction: the adapted model on the point itself, after the update (the official
   `test_single`), so each point costs three forward passes (the engine's on the point, the
-  augmented batch, the prediction) and one backward.
+  augmented batch, the prediction) and one backward. After a call the model holds the last
+  point's adapted weights, as the official loop leaves it: `predict()` (and the harness's
+  forgetting measure) see those, not the source.
 
 BatchNorm (`default_norm = "source"`): the official CIFAR model is a GroupNorm ResNet-26
 run in eval mode. The official ImageNet BatchNorm ResNet-50 normalizes with the source
