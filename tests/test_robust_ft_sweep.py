@@ -185,7 +185,7 @@ def test_leaderboard_has_the_five_accuracies_and_checks_the_findings(tmp_path):
     assert html.count("data:image/png;base64,") == 2
 
 
-@pytest.mark.parametrize(("name", "cells"), [("robust_ft_offline", 12), ("robust_ft_paper", 144)])
+@pytest.mark.parametrize(("name", "cells"), [("robust_ft_offline", 24), ("robust_ft_paper", 144)])
 def test_shipped_finetune_grids_plan(name, cells):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "sweeps" / f"{name}.yaml"
     grid = load_any_grid(path)

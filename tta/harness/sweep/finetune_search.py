@@ -16,6 +16,9 @@ left RUNNING by a dead process is marked FAIL and its parameters are queued agai
 (`enqueue_trial`), so the search continues from the same point. The sampler is seeded
 with the cell's seed plus the number of trials already in the study, so a resumed search
 does not redraw the parameters of the first trials (Optuna does not keep sampler state).
+Cells of the same seed therefore draw the same candidate sequence (common random numbers:
+AT and TRADES, or two protocols, are searched over the same points; what differs is
+which trials the pruner stops).
 Deviation: the paper's ASHA runs trials in parallel; a cell runs its trials one after the
 other (cells run in parallel instead).
 """
