@@ -11,8 +11,9 @@ evaluate the best trial's model on the test split under five threats.
    rebuilt with `build_model` and evaluated by `tta.robust.threats.threat_accuracies` on
    the test split: clean, L-inf, L2, L1 and corruption accuracy.
 
-Heuillet et al. (2025) retrain nothing either (ASHA's best trial is the model); what is
-ours is said in `finetune_search` and `tta.robust.threats`.
+Heuillet et al. (2025), arXiv 2508.14079; no official code was readable here. Ours: the
+best trial's model is used as it is (no retraining on train + validation), and what
+`finetune_search` and `tta.robust.threats` say.
 """
 
 from __future__ import annotations
