@@ -116,13 +116,27 @@ def test_memo_composes_with_gala_within_a_point(images):
             assert torch.equal(a, b), two.layers[i].name
 
 
-def test_memo_bn_prior_is_the_alpha_norm():
+def test_memo_bn_prior_option_is_the_alpha_norm(images):
+    """prior_strength=N: BatchNorm on source statistics with weight 1/(N+1) on the batch's."""
     assert memo_bn_alpha(16) == pytest.approx(1 / 17)
-    adapted = tta.adapt(
-        make_tiny_net(), loss="memo", norm="alpha", norm_options={"alpha": memo_bn_alpha(16)}
+    x, options = images[:2], {"n_augmentations": 4, "lr": 1e-2}
+    explicit = tta.adapt(
+        make_tiny_net(), loss="memo", norm="alpha", norm_options={"alpha": 1 / 17}, **options
     )
-    adapted(torch.rand(2, 3, 8, 8))
-    assert adapted.describe()["norm_options"]["alpha"] == pytest.approx(1 / 17)
+    prior = tta.adapt(make_tiny_net(), loss="memo", prior_strength=16, **options)
+    plain = tta.adapt(make_tiny_net(), loss="memo", **options)
+    card = prior.describe()
+    assert card["norm"] == "alpha" and card["norm_options"]["alpha"] == pytest.approx(1 / 17)
+    outputs = []
+    for adapted in (explicit, prior, plain):
+        torch.manual_seed(0)
+        outputs.append(adapted(x))
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.allclose(outputs[1], outputs[2], atol=1e-4)  # the batch statistics count
+    chosen = tta.adapt(make_tiny_net(), loss="memo", prior_strength=16, norm="source")
+    assert chosen.describe()["norm"] == "source"  # an explicit norm wins
+    with pytest.raises(ValueError, match="prior_strength must be a number >= 0"):
+        tta.adapt(make_tiny_net(), loss="memo", prior_strength=-1)
 
 
 def test_memo_refusals():

@@ -146,7 +146,14 @@ EXPECTED = {
     "t3a": {"cifar": (*CIFAR, {}), "imagenet": (*IMAGENET, {})},
     "memo": {
         "cifar": ("sgd", 0.005, 200, 0.0, None, {"n_augmentations": 32, "crop": "pad"}),
-        "imagenet": ("sgd", 2.5e-4, 64, 0.0, None, {"n_augmentations": 64, "crop": "resized"}),
+        "imagenet": (
+            "sgd",
+            2.5e-4,
+            64,
+            0.0,
+            None,
+            {"n_augmentations": 64, "crop": "resized", "prior_strength": 16},
+        ),
     },
     "ttaug": {
         "cifar": (*CIFAR, {"n_augmentations": 32, "crop": "pad"}),

@@ -126,6 +126,8 @@ def adapt(
             "teacher); use another sample filter with this loss"
         )
     norm_name = norm or loss_fn.default_norm
+    if norm is None and norm_options is None:  # the loss's own (e.g. MEMO's BatchNorm prior)
+        norm_options = getattr(loss_fn, "default_norm_options", None)
     norm_mode = NORMS.create(norm_name, **(norm_options or {}))
     loss_fn.check_model(model)
     precision = Precision(amp, channels_last)

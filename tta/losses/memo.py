@@ -23,13 +23,14 @@ BatchNorm (`default_norm = "source"`): the official CIFAR model is a GroupNorm R
 run in eval mode. The official ImageNet BatchNorm ResNet-50 normalizes with the source
 statistics mixed with the current batch's (the augmented copies when adapting, the point
 alone when predicting) at a fixed weight 1/(N+1) on the batch for prior strength N = 16:
-that is `norm="alpha"` with `norm_options={"alpha": memo_bn_alpha(16)}` (= 1/17), or on the
-command line `--norm alpha --norm-option alpha=0.0588`.
+that is `norm="alpha"` with `norm_options={"alpha": memo_bn_alpha(16)}` (= 1/17), which
+`prior_strength=16` makes the loss's default (`--loss-option prior_strength=16`; an
+explicit `norm=` wins).
 
 Defaults and presets: `cifar` (official CIFAR-10): SGD lr 0.005, no momentum, B = 32,
 niter 1; `imagenet` (official ResNet-50): SGD lr 0.00025, no momentum, no weight decay,
-B = 64, `crop="resized"` (RandomResizedCrop pre-augmentation). The stream batch size of the
-presets (200 / 64) only sets how many points arrive per call.
+B = 64, `crop="resized"` (RandomResizedCrop pre-augmentation), `prior_strength=16`. The
+stream batch size of the presets (200 / 64) only sets how many points arrive per call.
 
 Deviations: the optimizer state is restored with the weights before each point (the
 official loop keeps one optimizer across points; with its momentum-free SGD that state is
@@ -92,11 +93,27 @@ class MEMOLoss(Loss):
             momentum=0.0,
             options={"n_augmentations": 32, "crop": "pad"},
         ),
-        "imagenet": imagenet_sgd(momentum=0.0, options={"n_augmentations": 64, "crop": "resized"}),
+        "imagenet": imagenet_sgd(
+            momentum=0.0,
+            options={"n_augmentations": 64, "crop": "resized", "prior_strength": 16},
+        ),
     }
 
-    def __init__(self, n_augmentations: int = 32, crop: str = "pad") -> None:
+    def __init__(
+        self, n_augmentations: int = 32, crop: str = "pad", prior_strength: float | None = None
+    ) -> None:
         self.n_augmentations, self.crop = check_augmentations(n_augmentations, crop, "loss 'memo'")
+        self.prior_strength = prior_strength
+        if prior_strength is not None:
+            number = isinstance(prior_strength, int | float) and not isinstance(
+                prior_strength, bool
+            )
+            if not number or prior_strength < 0:
+                raise ValueError(
+                    f"loss 'memo': prior_strength must be a number >= 0, got {prior_strength!r}"
+                )
+            self.default_norm = "alpha"  # the official BatchNorm prior, see the docstring
+            self.default_norm_options = {"alpha": memo_bn_alpha(prior_strength)}
 
     def check_model(self, model: torch.nn.Module) -> None:
         require_images(model, "loss 'memo'", "adapts on augmented copies of each image")
