@@ -23,7 +23,9 @@ def plot_run(history: list[dict], eps_g: float, hinges: tuple[float, float], pat
     left.plot(t, [epsilon_at(v, eps_g, t1, t2) * 255 for v in t], label="eps(t)")
     ends = [h["epoch"] for h in history]
     if history:
-        left.plot(ends, [h["eps"] * 255 for h in history], "o", ms=3, label="at epoch end")
+        mids = [e - 0.5 for e in ends]
+        means = [h["eps_mean"] * 255 for h in history]
+        left.plot(mids, means, "o", ms=3, label="mean over the epoch")
     marks = ((t1, "T1 = T2"),) if t1 == t2 else ((t1, "T1"), (t2, "T2"))
     for x, name in marks:
         left.axvline(x, color="grey", ls=":", lw=1)
