@@ -86,7 +86,8 @@ def evaluate(
     x, y = data.split(split)
     if n is not None:
         x, y = x[:n], y[:n]
-    return _robust_accuracy(model, x, y, eps, steps, seed, batch_size)
+    device = next(model.parameters()).device
+    return _robust_accuracy(model, x.to(device), y.to(device), eps, steps, seed, batch_size)
 
 
 def _robust_accuracy(
