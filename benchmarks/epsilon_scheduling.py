@@ -40,6 +40,9 @@ SIZES = {
     "default": dict(
         n_train=160, n_val=48, n_test=150, epochs=8, batch_size=32, patience=2, val_steps=2
     ),
+    "long": dict(  # auto's regime: 20 epochs, the paper's patience 5, 96 validation images
+        n_train=160, n_val=96, n_test=150, epochs=20, batch_size=32, patience=5, val_steps=2
+    ),
     "full": dict(
         n_train=640, n_val=200, n_test=500, epochs=16, batch_size=64, patience=3, val_steps=10
     ),
