@@ -93,6 +93,15 @@ def test_identity_ignores_where_things_live_and_resolves_names():
     assert cell_id(RunConfig(method="tent")) != cell_id(RunConfig(method="tent", lr=1e-4))
 
 
+def test_options_added_later_keep_existing_cell_names_at_their_default():
+    """The names the cells of a study had before amp, reset_every and brittleness existed
+    (computed with tta at e99b1d4), so such a study still resumes; set, they count."""
+    assert cell_id(RunConfig()) == "72feeaa3696d"
+    assert cell_id(RunConfig(method="eata", selector="gala")) == "185bfbff990e"
+    for option in ({"amp": "bf16"}, {"reset_every": 1000}, {"brittleness": 2 / 255}):
+        assert cell_id(RunConfig(**option)) != "72feeaa3696d"
+
+
 def test_selected_and_oracle_cells_are_the_same_cells(tmp_path):
     """The test cell of every candidate exists once; the selected one is one of them."""
     select = {"axes": ["lr"], "validation": {"corruptions": "heldout"}}

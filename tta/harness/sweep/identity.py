@@ -4,7 +4,8 @@ Two cells with the same identity are the same experiment, whichever grid or axis
 them (the selected cell of a `select:` stage is the oracle's cell of the same value), so it
 runs once. Where things live (`data_root`, `model_dir`), where they run (`device`, `threads`) and
 whether data may be downloaded are not part of it: a study moved to another cluster
-resumes. Presets, defaults and named domain sets are resolved first, so `corruptions:
+resumes. Options added to `RunConfig` later are left out while at their default
+(`OMITTED_AT_DEFAULT`), so an upgrade keeps existing cells' names. Presets, defaults and named domain sets are resolved first, so `corruptions:
 heldout` and the four names spelled out are one cell.
 """
 
@@ -19,6 +20,17 @@ from tta.data.domain_sets import resolve_domains
 from tta.harness.config import RunConfig, parse_n_per_domain, resolve
 
 NOT_IDENTITY = ("out", "download", "data_root", "model_dir", "device", "threads")
+# Options added after studies were first run: left out at their default, so the cells of an
+# existing study keep their names (and resume) after an upgrade.
+OMITTED_AT_DEFAULT = (
+    "amp",
+    "channels_last",
+    "reset_every",
+    "brittleness",
+    "brittle_calibration",
+    "robust_batches",
+)
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 ID_LENGTH = 12
 
 
@@ -34,6 +46,9 @@ def identity(config: RunConfig) -> dict[str, Any]:
     data = dataclasses.asdict(resolved)
     for name in NOT_IDENTITY:
         data.pop(name, None)
+    for name in OMITTED_AT_DEFAULT:
+        if name in data and data[name] == DEFAULTS[name]:
+            del data[name]
     if resolved.corruptions is not None:
         data["corruptions"] = list(resolve_domains(resolved.corruptions))
     data["n_per_domain"] = parse_n_per_domain(resolved.n_per_domain, resolved.benchmark)
