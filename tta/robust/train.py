@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,9 +161,23 @@ def _pgd_train_example(
     return result.x_adv
 
 
-def checkpoint_paths(config: RobustTrainConfig) -> list[Path]:
+def checkpoint_paths(config) -> list[Path]:
+    """Where the checkpoint of `config` (anything with a `key()`) is looked up, in order:
+    the cache, then the weights shipped in the package."""
     name = f"{config.key()}.pt"
     return [cache_dir() / "models" / name, SHIPPED_DIR / name]
+
+
+def cached_checkpoint(config, train: Callable[[], dict], retrain: bool = False) -> dict:
+    """The checkpoint of `config` from `checkpoint_paths`, else `train()`, saved to the cache."""
+    existing = [p for p in checkpoint_paths(config) if p.exists()]
+    if existing and not retrain:
+        return load_checkpoint(existing[0])
+    checkpoint = train()
+    path = checkpoint_paths(config)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return checkpoint
 
 
 def robust_model(
@@ -170,14 +185,7 @@ def robust_model(
 ) -> tuple[ResNetCifar, dict]:
     """The robust model for `config` (cached or shipped, else trained now) in eval mode."""
     config = config or RobustTrainConfig()
-    existing = [p for p in checkpoint_paths(config) if p.exists()]
-    if existing and not retrain:
-        checkpoint = load_checkpoint(existing[0])
-    else:
-        checkpoint = train_robust(config, data_root)
-        path = checkpoint_paths(config)[0]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, path)
+    checkpoint = cached_checkpoint(config, lambda: train_robust(config, data_root), retrain)
     model = build_model(TrainConfig(arch=config.arch))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint

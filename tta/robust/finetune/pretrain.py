@@ -14,17 +14,16 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from tta.models.resnet import ResNetCifar
 from tta.models.source import augment
-from tta.paths import cache_dir
 from tta.progress import progress
+from tta.robust.train import SHIPPED_DIR, cached_checkpoint, checkpoint_paths
 
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
+__all__ = ["SHIPPED_DIR", "Pretrain5Config", "checkpoint_paths", "fmnist5_model", "train_fmnist5"]
 
 
 @dataclass(frozen=True)
@@ -100,26 +99,12 @@ def train_fmnist5(config: Pretrain5Config, data_root: str | None = None) -> dict
     }
 
 
-def checkpoint_paths(config: Pretrain5Config) -> list[Path]:
-    name = f"{config.key()}.pt"
-    return [cache_dir() / "models" / name, SHIPPED_DIR / name]
-
-
 def fmnist5_model(
     config: Pretrain5Config | None = None, data_root: str | None = None, retrain: bool = False
 ) -> tuple[ResNetCifar, dict]:
     """The fmnist5 backbone (cached or shipped, else trained now) in eval mode."""
-    from tta.robust.train import load_checkpoint
-
     config = config or Pretrain5Config()
-    existing = [p for p in checkpoint_paths(config) if p.exists()]
-    if existing and not retrain:
-        checkpoint = load_checkpoint(existing[0])
-    else:
-        checkpoint = train_fmnist5(config, data_root)
-        path = checkpoint_paths(config)[0]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, path)
+    checkpoint = cached_checkpoint(config, lambda: train_fmnist5(config, data_root), retrain)
     model = ResNetCifar(int(config.arch.removeprefix("resnet")), num_classes=len(config.classes))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
