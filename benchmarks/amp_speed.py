@@ -5,8 +5,8 @@
 
 Each method runs the default fmnist-c stream (continual, severity 5, the 15 corruptions,
 `--n-per-domain` images each, batch 200, seed 0, the loss's defaults: Adam 1e-3) once in
-float32 and once per `--amps` dtype that the loss allows (float16 is skipped for losses with
-their own backward passes, see tta/precision.py), side by side: mean error, its difference
+float32 and once per `--amps` dtype that the loss allows (float16 is skipped for a loss whose
+backward passes bypass the scaler, see tta/precision.py; no shipped loss does), side by side: mean error, its difference
 to float32 in points, adaptation images/s and the speed ratio (float32 time / amp time: > 1
 is faster). `--channels-last` adds a float32 channels-last run per method. The runs of one
 method follow each other, alternating which goes first, so slow drifts of a shared machine

@@ -46,13 +46,11 @@ REFUSED: dict[tuple[str, str], str] = {
     ("rotta", "grad-align"): "needs more than the logits",
     ("rmt", "grad-align"): "needs more than the logits",
     ("santa", "grad-align"): "needs more than the logits",
+    ("memo", "auto-snr"): "restarts from the source at every test point",
 }
 # Combinations that fail today without a clear refusal (strict xfail: fixing one fails here,
 # so it is moved out of this list).
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("memo", "auto-snr"): "memo restarts the selector at every point; auto-snr collects "
-    "`window` steps first, so it needs steps >= window per point",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 # Training-free losses refuse every layer selector but 'all': there is nothing to select.
 REFUSED.update(
     {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -257,6 +258,25 @@ def test_auto_snr_freezes_the_noisy_tensor():
     # reset empties the window: the next step only collects again
     selector.reset()
     assert snr_step(selector, steady[0], steady[0], 6) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("loss", "episodic", "message"),
+    [("memo", False, "at every test point"), ("tent", True, "at every batch (episodic)")],
+)
+def test_auto_snr_refuses_runs_that_restart_before_its_window_fills(loss, episodic, message):
+    """After a reset auto-snr only collects for window - 1 steps; a run that resets every
+    point or batch with fewer steps would never update, so tta.adapt refuses it up front."""
+    model = make_tiny_net()
+    before = copy.deepcopy(model.state_dict())
+    snr = {"window": 3, "normalize": True}  # normalize: the best tensor always updates
+    options = {"selector": "auto-snr", "selector_options": snr, "episodic": episodic}
+    with pytest.raises(ValueError, match=re.escape(message) + ".*steps >= 3"):
+        tta.adapt(model, loss=loss, steps=2, **options)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    adapted = tta.adapt(model, loss=loss, steps=3, **options)
+    adapted(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert adapted.counters.n_steps > 0
 
 
 def test_auto_snr_threshold_and_normalize():

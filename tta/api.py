@@ -125,6 +125,15 @@ def adapt(
             f"but loss {loss!r} needs more than the logits (its objective uses the images or a "
             "teacher); use another sample filter with this loss"
         )
+    restarts = "at every test point" if getattr(loss_fn, "per_sample", False) else None
+    restarts = restarts or ("at every batch (episodic)" if episodic else None)
+    if restarts and loss_fn.adapts and steps <= layer_selector.warmup_steps:
+        raise ValueError(
+            f"selector {selector!r} skips its first {layer_selector.warmup_steps} steps after "
+            f"a reset to collect gradients, but loss {loss!r} restarts from the source "
+            f"{restarts} with steps={steps}, so no step would ever update; use steps >= "
+            f"{layer_selector.warmup_steps + 1} or another selector"
+        )
     norm_name = norm or loss_fn.default_norm
     if norm is None and norm_options is None:  # the loss's own (e.g. MEMO's BatchNorm prior)
         norm_options = getattr(loss_fn, "default_norm_options", None)

@@ -165,7 +165,7 @@ def run_parser() -> argparse.ArgumentParser:
         default=None,
         choices=sorted(AMP_DTYPES),
         help="mixed precision of the adapted run: autocast to bfloat16, or float16 with a "
-        "gradient scaler (refused for losses with their own backward: sar, eata, cotta, ...); "
+        "gradient scaler (every shipped loss; a custom one calling backward itself is refused); "
         "weights stay float32; default float32",
     )
     p.add_argument(

@@ -14,10 +14,13 @@ the returned logits stay float32; only the arithmetic of the forward passes is r
   step whose scaled gradient overflowed is skipped (counted in `n_nonfinite`) and the scale
   halves. Scaling happens in `LossContext.backward`, so only losses whose every backward goes
   through it can use float16: those using the default `Loss.backward` (tent, entropy,
-  shot-im, shot) and those that declare `grad_scaling = True` (memo, roid, cmf,
-  adacontrast, rotta, rmt, santa). Losses that call backward themselves (sar's two-pass
-  SAM step, eta/eata and rdumb, cotta, deyo, pl) are refused with float16 and run with
-  bfloat16; training-free ones (source, norm, lame, t3a, ttaug) run with either.
+  shot-im, shot) and those that declare `grad_scaling = True` (every other shipped loss
+  that trains: sar, eta/eata, rdumb, cotta, deyo, pl, memo, roid, cmf, adacontrast, rotta,
+  rmt, santa). SAR's SAM perturbation rho g / ||g|| is the same for scaled gradients (an
+  overflow makes the second pass non-finite, so the step is skipped and the weights
+  restored). A loss that calls `.backward()` itself without declaring it is refused with
+  float16 and runs with bfloat16; training-free ones (source, norm, lame, t3a, ttaug) run
+  with either.
 - `channels_last` stores the model's 4-D weights and every 4-D input batch in NHWC order
   (faster convolutions on GPUs with tensor cores); image models only.
 """

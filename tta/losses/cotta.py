@@ -149,6 +149,7 @@ class CoTTALoss(Loss):
     """Mean-teacher cross-entropy with augmentation-averaged pseudo-labels and restore."""
 
     name = "cotta"
+    grad_scaling = True  # its backward goes through LossContext.backward (float16-safe)
     default_params = "all"
     default_norm = "batch"
     presets = {
@@ -226,8 +227,7 @@ class CoTTALoss(Loss):
         target = self.pseudo_label(context, x)
         self._prediction = target
         loss = self.loss(logits, target) if keep is None else self.loss(logits[keep], target[keep])
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()
 
     def after_update(self, context: LossContext) -> None:

@@ -97,6 +97,7 @@ class DeYOLoss(TopLayersFrozenLoss):
 
     scores_logits_alone = False  # the objective needs the images (patch shuffling)
     name = "deyo"
+    grad_scaling = True  # its backward goes through LossContext.backward (float16-safe)
     presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
     def __init__(
@@ -158,6 +159,5 @@ class DeYOLoss(TopLayersFrozenLoss):
             self.reweight_plpd,
         )
         loss = (kept_entropy * weights).mean(0)
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()

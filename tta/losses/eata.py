@@ -79,6 +79,7 @@ class EtaLoss(Loss):
     """ETA: EATA's sample selection and weighting, without the Fisher penalty."""
 
     name = "eta"
+    grad_scaling = True  # its backward goes through LossContext.backward (float16-safe)
     default_params = "norm"
     default_norm = "batch"
     presets = {
@@ -145,8 +146,7 @@ class EtaLoss(Loss):
             return None
         loss = self._weighted_entropy(entropy[kept], logits.shape[1])
         loss = loss + self.penalty(context.model)
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()
 
     def stats(self) -> dict[str, int]:

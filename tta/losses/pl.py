@@ -57,6 +57,7 @@ def pseudo_label_loss(logits: torch.Tensor, threshold: float = 0.9) -> torch.Ten
 @LOSSES.register("pl")
 class PseudoLabelLoss(Loss):
     name = "pl"
+    grad_scaling = True  # its backward goes through LossContext.backward (float16-safe)
     default_params = "all"
     presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd()}
 
@@ -86,8 +87,7 @@ class PseudoLabelLoss(Loss):
         if n_confident == 0:
             return None
         loss = F.cross_entropy(logits[confident], labels[confident])
-        loss.backward()
-        context.count_backward()
+        context.backward(loss)
         return loss.detach()
 
     def stats(self) -> dict[str, int]:

@@ -16,8 +16,8 @@ Official code: mariodoebler/test-time-adaptation, `classification/methods/base.p
 
 Presets (`presets`): those configs: `cifar` Adam 1e-3, batch 200, d_margin 0.4 (also on
 CIFAR-100-C, where plain ETA's config uses 0.1); `imagenet` SGD 2.5e-4, momentum 0.9,
-batch 64, d_margin 0.05. Mixed precision as ETA: bfloat16 only (its own backward is out
-of the float16 scaler's reach). Deviations: ETA's (tta/losses/eata.py). A reset forgets ETA's
+batch 64, d_margin 0.05. Mixed precision as ETA: bfloat16 or float16 (its backward goes
+through the scaler). Deviations: ETA's (tta/losses/eata.py). A reset forgets ETA's
 moving average of the predictions, as the official `EATA.reset` does.
 """
 

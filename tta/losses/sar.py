@@ -109,10 +109,11 @@ def norm_params_without_last_stage(model: nn.Module) -> list[str]:
     return kept or norm_names
 
 
-def sam_perturb(params: list[nn.Parameter], rho: float) -> list[torch.Tensor]:
+def sam_perturb(params: list[nn.Parameter], rho: float) -> list[torch.Tensor] | None:
     """Move every parameter with a gradient to w + rho g / (||g|| + 1e-12); return the old w.
 
     ||g|| is the 2-norm over all the tensors together (SAM's `_grad_norm`, not adaptive).
+    A non-finite ||g|| (a float16 overflow of the scaled gradient) moves nothing: None.
     """
     with torch.no_grad():
         grads = [p.grad for p in params if p.grad is not None]
@@ -120,6 +121,8 @@ def sam_perturb(params: list[nn.Parameter], rho: float) -> list[torch.Tensor]:
         if not grads:
             return saved
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if not bool(torch.isfinite(norm)):
+            return None
         scale = rho / (norm + 1e-12)
         for p in params:
             if p.grad is not None:
@@ -190,6 +193,7 @@ class SARLoss(TopLayersFrozenLoss):
     """Reliable entropy with a sharpness-aware two-pass step and model recovery."""
 
     name = "sar"
+    grad_scaling = True  # both SAM passes go through LossContext.backward (float16-safe)
     presets = {"cifar": cifar_adam(), "imagenet": imagenet_sgd(lr_rule=sar_lr)}
 
     def __init__(
@@ -233,10 +237,11 @@ class SARLoss(TopLayersFrozenLoss):
         )
         if not bool(first.any()):
             return self._zero_gradient_step(params, logits)
-        entropy[first].mean(0).backward()
-        context.count_backward()
-
+        first_loss = entropy[first].mean(0)
+        context.backward(first_loss)  # float16: scaled; SAM's e is scale-free
         saved = sam_perturb(params, self.rho)
+        if saved is None:  # the first gradient overflowed: the engine skips the step (scale halves)
+            return first_loss.detach()
         for p in params:
             p.grad = None
         try:
@@ -246,8 +251,7 @@ class SARLoss(TopLayersFrozenLoss):
             if not bool(second.any()):
                 return self._zero_gradient_step(params, logits)
             loss = entropy2[second].mean(0)
-            loss.backward()
-            context.count_backward()
+            context.backward(loss)
         finally:
             restore(params, saved)
         self._update_ema(loss.item())

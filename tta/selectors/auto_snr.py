@@ -78,6 +78,7 @@ class AutoSNR(LayerSelector):
             raise ValueError(f"selector 'auto-snr': eps must be positive, got {eps}")
         self.threshold = float(threshold)
         self.window = window
+        self.warmup_steps = window - 1
         self.normalize = normalize
         self.eps = eps
         self.granularity = granularity

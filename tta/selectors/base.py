@@ -38,6 +38,8 @@ class LayerSelector:
     needs_proposal = True
     granularity = "module"
     default_params: str | None = None  # the parameter set when params=None (None: the loss's)
+    # Steps after a reset that only collect (and skip): an episodic run needs more steps.
+    warmup_steps = 0
 
     def bind(self, model: nn.Module, layers: list[Layer]) -> None:
         """Called once by `tta.adapt` with the model and its layers, before the first step.
