@@ -66,19 +66,11 @@ from torch import nn
 
 from tta.checks import require_images
 from tta.context import LossContext
-from tta.losses.base import Loss
 from tta.losses.buffers import frozen_buffers
-from tta.losses.cotta import cotta_augment, ema_update, soft_cross_entropy
+from tta.losses.cotta import ema_update, soft_cross_entropy
 from tta.losses.lame import last_linear
-from tta.losses.prototypes import (
-    FeatureTap,
-    PrototypeContrast,
-    SourceData,
-    check_aux,
-    predicted_labels,
-    source_pool,
-)
-from tta.presets import cifar_adam, imagenet_sgd
+from tta.losses.prototype_loss import PrototypeContrastLoss, check_int
+from tta.losses.prototypes import FeatureTap, SourceData
 from tta.registry import LOSSES
 
 
@@ -102,36 +94,18 @@ class SourceBatches:
         return self.images[index], self.labels[index]
 
 
-def _positive_int(value: object, option: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"loss 'rmt': {option} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 @LOSSES.register("rmt")
-class RMTLoss(Loss):
+class RMTLoss(PrototypeContrastLoss):
     """Robust mean teacher: SCE self-training, prototype contrast, source replay, warm-up."""
 
     name = "rmt"
     default_params = "all"
-    default_norm = "batch"
-    scores_logits_alone = False  # the objective needs the teacher, the images and source data
-    grad_scaling = True  # backward through LossContext.backward; the projector unscaled too
-    source_data_option = "source_data"  # tta-run fills it from the benchmark's source split
-    source_data_labels = True
-    default_num_samples = 10000
-    presets = {
-        "cifar": cifar_adam(options={"aux_optimizer": "adam", "aux_lr": 1e-3}),
-        "imagenet": imagenet_sgd(
-            lr=0.01,
-            options={"aux_optimizer": "sgd", "aux_lr": 0.01, "source_batch_size": 64},
-        ),
-    }
+    reference_name = "teacher"
 
     def __init__(
         self,
         source_data: SourceData | None = None,
-        num_samples: int = default_num_samples,
+        num_samples: int = PrototypeContrastLoss.default_num_samples,
         lambda_ce_trg: float = 1.0,
         lambda_cont: float = 1.0,
         lambda_ce_src: float = 1.0,
@@ -143,36 +117,26 @@ class RMTLoss(Loss):
         aux_optimizer: str = "adam",
         aux_lr: float = 1e-3,
     ) -> None:
-        self.num_samples = _positive_int(num_samples, "num_samples")
-        self.warmup_samples = _positive_int(warmup_samples, "warmup_samples", 0)
-        self.projection_dim = _positive_int(projection_dim, "projection_dim")
-        self.source_batch_size = _positive_int(source_batch_size, "source_batch_size")
-        for option, value in (
-            ("lambda_ce_trg", lambda_ce_trg),
-            ("lambda_cont", lambda_cont),
-            ("lambda_ce_src", lambda_ce_src),
-        ):
-            if not value >= 0:
-                raise ValueError(f"loss 'rmt': {option} must be >= 0, got {value!r}")
-        if not 0 <= alpha <= 1 or not temperature > 0:
-            raise ValueError(
-                f"loss 'rmt': alpha must be in [0, 1] and temperature > 0, got {alpha}, "
-                f"{temperature}"
-            )
-        check_aux(aux_optimizer, aux_lr, "loss 'rmt'")
-        self.source_data = source_data
-        self.lambda_ce_trg = lambda_ce_trg
-        self.lambda_cont = lambda_cont
+        self._set_contrast_options(
+            source_data,
+            num_samples,
+            lambda_ce_trg,
+            lambda_cont,
+            temperature,
+            projection_dim,
+            source_batch_size,
+            aux_optimizer,
+            aux_lr,
+        )
+        self.warmup_samples = check_int(warmup_samples, "warmup_samples", "loss 'rmt'", 0)
+        if not lambda_ce_src >= 0:
+            raise ValueError(f"loss 'rmt': lambda_ce_src must be >= 0, got {lambda_ce_src!r}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"loss 'rmt': alpha must be in [0, 1], got {alpha!r}")
         self.lambda_ce_src = lambda_ce_src
         self.alpha = alpha
-        self.temperature = temperature
-        self.aux_optimizer = aux_optimizer
-        self.aux_lr = aux_lr
-        self.contrast = PrototypeContrast(projection_dim, temperature, aux_optimizer, aux_lr)
         self.teacher: nn.Module | None = None
-        self.tap: FeatureTap | None = None
         self.source: SourceBatches | None = None
-        self.source_labels = "none"
         self._teacher_state: dict[str, torch.Tensor] = {}
         self._prediction: torch.Tensor | None = None
 
@@ -197,11 +161,7 @@ class RMTLoss(Loss):
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.tap = FeatureTap(model)  # on the student only: the teacher was copied first
         if self.needs_source:
-            images, labels = source_pool(self.source_data, self.num_samples, model, "loss 'rmt'")
-            self.source_labels = "given" if labels is not None else "predicted"
-            if labels is None:
-                labels = predicted_labels(model, images, self.source_batch_size)
-            self.source_data = None  # the pool holds what is needed
+            images, labels = self.labelled_source(model)
             self.source = SourceBatches(images, labels, self.source_batch_size)
             if self.lambda_cont > 0:
                 self.contrast.fit(model, self.tap, images, labels, self.source_batch_size)
@@ -247,9 +207,6 @@ class RMTLoss(Loss):
         self.contrast.reset()
         self._prediction = None
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        raise TypeError("loss 'rmt' needs its teacher and source data; it runs in tta.adapt only")
-
     def backward(
         self,
         context: LossContext,
@@ -258,11 +215,7 @@ class RMTLoss(Loss):
         keep: torch.Tensor | None,
     ) -> torch.Tensor | None:
         model = context.model
-        features = self.tap.take(len(x))  # of the engine's forward, which gave `logits`
-        features_aug, logits_aug = self.tap.forward(model, cotta_augment(x))
-        with torch.no_grad():
-            teacher = self.teacher(x)
-        context.count_forward(2)
+        features, features_aug, logits_aug, teacher = self.views(context, x, self.teacher)
         self._prediction = logits.detach() + teacher
         if keep is not None:
             features, features_aug = features[keep], features_aug[keep]
@@ -271,10 +224,7 @@ class RMTLoss(Loss):
             0.5 * symmetric_cross_entropy(logits, teacher)
             + 0.5 * symmetric_cross_entropy(logits_aug, teacher)
         ).mean(0)
-        loss = self.lambda_ce_trg * self_training
-        if self.lambda_cont > 0:
-            self.contrast.zero_grad()
-            loss = loss + self.lambda_cont * self.contrast.loss(features, features_aug)
+        loss = self.add_contrast(self.lambda_ce_trg * self_training, features, features_aug)
         if self.lambda_ce_src > 0:
             images, labels = self.source.next()
             with frozen_buffers(model):
@@ -282,15 +232,11 @@ class RMTLoss(Loss):
             self.tap.features = None
             context.count_forward()
             loss = loss + self.lambda_ce_src * F.cross_entropy(source_logits, labels)
-        context.backward(loss)
-        if self.lambda_cont > 0:
-            self.contrast.unscale(context.grad_scaler)
-        return loss.detach()
+        return self.backward_all(context, loss)
 
     def after_update(self, context: LossContext) -> None:
         """The projector's step, then the teacher's moving average (official order)."""
-        if self.lambda_cont > 0:
-            self.contrast.step()
+        super().after_update(context)
         ema_update(self.teacher, context.model, self.alpha)
 
     def output(self, context: LossContext, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -301,7 +247,3 @@ class RMTLoss(Loss):
                 prediction = logits + self.teacher(x)
             context.count_forward()
         return prediction
-
-    def stats(self) -> dict[str, int | str]:
-        """Where the source labels came from: given, predicted by the source model, or none."""
-        return {"source_labels": self.source_labels}

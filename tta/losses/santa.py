@@ -49,18 +49,10 @@ from torch import nn
 
 from tta.checks import require_images
 from tta.context import LossContext
-from tta.losses.base import Loss
-from tta.losses.cotta import cotta_augment, soft_cross_entropy
+from tta.losses.cotta import soft_cross_entropy
 from tta.losses.lame import last_linear
-from tta.losses.prototypes import (
-    FeatureTap,
-    PrototypeContrast,
-    SourceData,
-    check_aux,
-    predicted_labels,
-    source_pool,
-)
-from tta.presets import cifar_adam, imagenet_sgd
+from tta.losses.prototype_loss import PrototypeContrastLoss
+from tta.losses.prototypes import FeatureTap, SourceData
 from tta.registry import LOSSES
 
 
@@ -72,29 +64,17 @@ def anchored_cross_entropy(
 
 
 @LOSSES.register("santa")
-class SANTALoss(Loss):
+class SANTALoss(PrototypeContrastLoss):
     """Source-anchored self-training on augmentations plus the prototype contrastive term."""
 
     name = "santa"
     default_params = "norm"
-    default_norm = "batch"
-    scores_logits_alone = False  # the objective needs the anchor, the images and prototypes
-    grad_scaling = True  # backward through LossContext.backward; the projector unscaled too
-    source_data_option = "source_data"  # tta-run fills it from the benchmark's source split
-    source_data_labels = True
-    default_num_samples = 10000
-    presets = {
-        "cifar": cifar_adam(options={"aux_optimizer": "adam", "aux_lr": 1e-3}),
-        "imagenet": imagenet_sgd(
-            lr=0.01,
-            options={"aux_optimizer": "sgd", "aux_lr": 0.01, "source_batch_size": 64},
-        ),
-    }
+    reference_name = "anchor model"
 
     def __init__(
         self,
         source_data: SourceData | None = None,
-        num_samples: int = default_num_samples,
+        num_samples: int = PrototypeContrastLoss.default_num_samples,
         lambda_ce_trg: float = 1.0,
         lambda_cont: float = 1.0,
         temperature: float = 0.1,
@@ -103,30 +83,18 @@ class SANTALoss(Loss):
         aux_optimizer: str = "adam",
         aux_lr: float = 1e-3,
     ) -> None:
-        for option, value in (
-            ("num_samples", num_samples),
-            ("projection_dim", projection_dim),
-            ("source_batch_size", source_batch_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"loss 'santa': {option} must be a positive integer, got {value!r}"
-                )
-        if not lambda_ce_trg >= 0 or not lambda_cont >= 0 or not temperature > 0:
-            raise ValueError(
-                "loss 'santa': lambda_ce_trg and lambda_cont must be >= 0 and temperature > 0, "
-                f"got {lambda_ce_trg}, {lambda_cont}, {temperature}"
-            )
-        check_aux(aux_optimizer, aux_lr, "loss 'santa'")
-        self.source_data = source_data
-        self.num_samples = num_samples
-        self.lambda_ce_trg = lambda_ce_trg
-        self.lambda_cont = lambda_cont
-        self.source_batch_size = source_batch_size
-        self.contrast = PrototypeContrast(projection_dim, temperature, aux_optimizer, aux_lr)
+        self._set_contrast_options(
+            source_data,
+            num_samples,
+            lambda_ce_trg,
+            lambda_cont,
+            temperature,
+            projection_dim,
+            source_batch_size,
+            aux_optimizer,
+            aux_lr,
+        )
         self.anchor: nn.Module | None = None
-        self.tap: FeatureTap | None = None
-        self.source_labels = "none"
 
     def check_model(self, model: nn.Module) -> None:
         require_images(model, "loss 'santa'", "trains on augmented images")
@@ -144,19 +112,12 @@ class SANTALoss(Loss):
         self.anchor = copy.deepcopy(model).requires_grad_(False)
         self.tap = FeatureTap(model)  # on the student only: the anchor was copied first
         if self.lambda_cont > 0:
-            images, labels = source_pool(self.source_data, self.num_samples, model, "loss 'santa'")
-            self.source_labels = "given" if labels is not None else "predicted"
-            if labels is None:
-                labels = predicted_labels(model, images, self.source_batch_size)
+            images, labels = self.labelled_source(model)
             self.contrast.fit(model, self.tap, images, labels, self.source_batch_size)
-            self.source_data = None  # the prototypes hold what is needed
 
     def reset(self) -> None:
         """The projector back to its initial state (the anchor never changes)."""
         self.contrast.reset()
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        raise TypeError("loss 'santa' needs its anchor model; it runs in tta.adapt only")
 
     def backward(
         self,
@@ -165,27 +126,10 @@ class SANTALoss(Loss):
         logits: torch.Tensor,
         keep: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        features = self.tap.take(len(x))  # of the engine's forward, which gave `logits`
-        features_aug, logits_aug = self.tap.forward(context.model, cotta_augment(x))
-        with torch.no_grad():
-            anchor = self.anchor(x)
-        context.count_forward(2)
+        features, features_aug, logits_aug, anchor = self.views(context, x, self.anchor)
         if keep is not None:
             features, features_aug = features[keep], features_aug[keep]
             logits, logits_aug, anchor = logits[keep], logits_aug[keep], anchor[keep]
         loss = self.lambda_ce_trg * anchored_cross_entropy(logits, logits_aug, anchor).mean(0)
-        if self.lambda_cont > 0:
-            self.contrast.zero_grad()
-            loss = loss + self.lambda_cont * self.contrast.loss(features, features_aug)
-        context.backward(loss)
-        if self.lambda_cont > 0:
-            self.contrast.unscale(context.grad_scaler)
-        return loss.detach()
-
-    def after_update(self, context: LossContext) -> None:
-        if self.lambda_cont > 0:
-            self.contrast.step()
-
-    def stats(self) -> dict[str, int | str]:
-        """Where the source labels came from: given, predicted by the source model, or none."""
-        return {"source_labels": self.source_labels}
+        loss = self.add_contrast(loss, features, features_aug)
+        return self.backward_all(context, loss)
