@@ -33,13 +33,13 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from tta.harness.sweep.grid import (
     Grid,
     GridError,
-    label,
+    OptionKind,
+    common_fields,
     number,
     parse_exclude,
     parse_executor,
@@ -136,46 +136,14 @@ def coerce(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def options(mapping: Any, where: str) -> dict[str, Any]:
-    if mapping is None:
-        return {}
-    if not isinstance(mapping, dict):
-        raise GridError(f"{where}: expected a mapping of FinetuneConfig options, got {mapping!r}")
-    out = {}
-    for key, value in mapping.items():
-        name = option_name(key, where)
-        out[name] = coerce(name, value, f"{where}.{key}")
-    return out
-
-
-def parse_axes(data: Any, where: str) -> dict[str, list[Any]]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise GridError(f"{where}: axes is a mapping of option -> list of values")
-    axes = {}
-    for key, values in data.items():
-        if not isinstance(values, list) or not values:
-            raise GridError(f"{where}.{key}: an axis is a non-empty list; a single value: fixed:")
-        is_option = str(key).replace("-", "_") in OPTIONS
-        name = option_name(key, where) if is_option else str(key)
-        parsed = []
-        for k, value in enumerate(values):
-            at = f"{where}.{key}[{k}]"
-            if isinstance(value, dict):
-                parsed.append(options(value, at))
-            elif is_option:
-                parsed.append(coerce(name, value, at))
-            else:
-                raise GridError(
-                    f"{at}: {key!r} is not a FinetuneConfig option, so its values must be "
-                    f"option bundles (mappings such as {{protocol: full, epochs: 5}}); got {value!r}"
-                )
-        labels = [label(v) for v in parsed]
-        if len(set(labels)) != len(labels):
-            raise GridError(f"{where}.{key}: repeated values {labels}")
-        axes[name] = parsed
-    return axes
+FINETUNE_OPTIONS = OptionKind(
+    OPTIONS,
+    option_name,
+    coerce,
+    noun="FinetuneConfig",
+    bundle="{protocol: full, epochs: 5}",
+    single="; a single value: fixed:",
+)
 
 
 def parse_search(data: Any, where: str) -> SearchSpec:
@@ -308,38 +276,14 @@ def parse_finetune_grid(data: Any, name: str, where: str = "<grid>") -> Finetune
         raise GridError(
             f"{where}: unknown keys {sorted(unknown)}{hint}; a finetune grid has {', '.join(TOP_KEYS)}"
         )
-    axes = parse_axes(data.get("axes"), f"{where}: axes")
-    fixed = options(data.get("fixed"), f"{where}: fixed")
-    overlap = set(fixed) & set(axes)
-    if overlap:
-        raise GridError(f"{where}: {sorted(overlap)} both fixed and an axis; keep one")
-    name = str(data.get("name") or name)
+    fields = common_fields(data, name, where, FINETUNE_OPTIONS)
     search = parse_search(data.get("search"), f"{where}: search")
     return FinetuneGrid(
-        name=name,
-        out=Path(data.get("out") or f"runs/sweeps/{name}"),
-        fixed=fixed,
-        axes=axes,
-        exclude=parse_exclude(data.get("exclude"), axes, f"{where}: exclude"),
+        **fields,
+        exclude=parse_exclude(data.get("exclude"), fields["axes"], f"{where}: exclude"),
         select=None,
         executor=parse_executor(data.get("executor"), f"{where}: executor"),
         source=where,
         search=search,
         evaluate=parse_evaluate(data.get("evaluate"), f"{where}: evaluate"),
     )
-
-
-def with_finetune_overrides(
-    grid: FinetuneGrid, fixed: dict[str, Any], executor: dict[str, Any]
-) -> FinetuneGrid:
-    """`--set` options (FinetuneConfig fields) and executor flags over the grid."""
-    new_fixed = {**grid.fixed, **options(fixed, "--set")}
-    overlap = set(new_fixed) & set(grid.axes)
-    if overlap:
-        raise GridError(f"--set {sorted(overlap)}: those are axes of the grid")
-    spec = grid.executor
-    if executor:
-        merged = {k: v for k, v in dataclasses.asdict(spec).items() if k != "time_min"}
-        merged.update({"time": spec.time_min, **executor})
-        spec = parse_executor(merged, "command line")
-    return dataclasses.replace(grid, fixed=new_fixed, executor=spec)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tta.harness.sweep.plots import png_bytes, pyplot
 from tta.harness.sweep.study import Sweep
 
 METRICS = ("clean", "linf", "l2", "l1", "corruption")
@@ -208,25 +208,9 @@ def findings(rows: list[FtRow]) -> list[str]:
 # ---------------------------------------------------------------- figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
 def heatmap(rows: list[FtRow]) -> bytes:
     """Configuration x threat accuracy; past MAX_HEATMAP_ROWS the best by L-inf are shown."""
-    plt = _pyplot()
+    plt = pyplot()
     done = [r for r in rows if r.mean.get("clean") is not None]
     shown = sorted(done, key=lambda r: -(r.mean.get("linf") or 0.0))[:MAX_HEATMAP_ROWS]
     shown = [r for r in done if r in shown]  # keep leaderboard order
@@ -250,7 +234,7 @@ def heatmap(rows: list[FtRow]) -> bytes:
     note = f" (best {len(shown)} by L-inf; {hidden} more in leaderboard.csv)" if hidden > 0 else ""
     ax.set_title("test accuracy (%) per threat, mean over seeds" + note, fontsize=10)
     ax.set_ylabel(" | ".join(varying) or "configuration", fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def short_names(rows: list[FtRow], width: int = 80) -> tuple[list[str], list[str]]:
@@ -268,7 +252,7 @@ def short_names(rows: list[FtRow], width: int = 80) -> tuple[list[str], list[str
 def scatter(rows: list[FtRow]) -> bytes:
     """Clean vs L-inf accuracy, one point per configuration: colour = loss, marker =
     protocol, one panel per task; the best few by L-inf are numbered as in the leaderboard."""
-    plt = _pyplot()
+    plt = pyplot()
     done = [r for r in rows if r.mean.get("clean") is not None and r.mean.get("linf") is not None]
     tasks = list(dict.fromkeys(r.task for r in done)) or [""]
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.4), squeeze=False)
@@ -310,7 +294,7 @@ def scatter(rows: list[FtRow]) -> bytes:
         for k, m in markers.items()
     ]
     axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------- files

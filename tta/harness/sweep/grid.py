@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from tta.harness.config import RunConfig
 
@@ -142,20 +143,38 @@ def coerce(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def options(mapping: Any, where: str) -> dict[str, Any]:
-    """A mapping of tta-run options, names and values checked."""
+@dataclass(frozen=True)
+class OptionKind:
+    """The options of one grid kind, so every kind checks `fixed:`, axes and `--set` alike.
+
+    The wording defaults are tta-run's."""
+
+    names: tuple[str, ...]
+    name: Callable[[Any, str], str]  # a key -> its option name, or a GridError
+    coerce: Callable[[str, Any, str], Any]  # (name, value, where) -> the converted value
+    noun: str = "tta-run"  # who owns the options, in messages
+    bundle: str = "{norm: alpha}"  # an example option bundle, in messages
+    single: str = ", e.g. {key}: [a, b]; put a single value under fixed:"  # one-value axis
+
+
+RUN_OPTIONS = OptionKind(OPTIONS, option_name, coerce)
+
+
+def options(mapping: Any, where: str, kind: OptionKind = RUN_OPTIONS) -> dict[str, Any]:
+    """A mapping of `kind`'s options (tta-run by default), names and values checked."""
     if mapping is None:
         return {}
     if not isinstance(mapping, dict):
-        raise GridError(f"{where}: expected a mapping of tta-run options, got {mapping!r}")
+        raise GridError(f"{where}: expected a mapping of {kind.noun} options, got {mapping!r}")
     out = {}
     for key, value in mapping.items():
-        name = option_name(key, where)
-        out[name] = coerce(name, value, f"{where}.{key}")
+        name = kind.name(key, where)
+        out[name] = kind.coerce(name, value, f"{where}.{key}")
     return out
 
 
-def parse_axes(data: Any, where: str) -> dict[str, list[Any]]:
+def parse_axes(data: Any, where: str, kind: OptionKind = RUN_OPTIONS) -> dict[str, list[Any]]:
+    """Axis name -> checked values: options of `kind`, or option bundles under any name."""
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -163,23 +182,21 @@ def parse_axes(data: Any, where: str) -> dict[str, list[Any]]:
     axes = {}
     for key, values in data.items():
         if not isinstance(values, list) or not values:
-            raise GridError(
-                f"{where}.{key}: an axis is a non-empty list, e.g. {key}: [a, b]; "
-                "put a single value under fixed:"
-            )
-        is_option = str(key).replace("-", "_") in OPTIONS
-        name = option_name(key, f"{where}") if is_option else str(key)
+            advice = kind.single.format(key=key)
+            raise GridError(f"{where}.{key}: an axis is a non-empty list{advice}")
+        is_option = str(key).replace("-", "_") in kind.names
+        name = kind.name(key, where) if is_option else str(key)
         parsed = []
         for k, value in enumerate(values):
             at = f"{where}.{key}[{k}]"
             if isinstance(value, dict):
-                parsed.append(options(value, at))
+                parsed.append(options(value, at, kind))
             elif is_option:
-                parsed.append(coerce(name, value, at))
+                parsed.append(kind.coerce(name, value, at))
             else:
                 raise GridError(
-                    f"{at}: {key!r} is not a tta-run option, so its values must be option "
-                    f"bundles (mappings such as {{norm: alpha}}); got {value!r}"
+                    f"{at}: {key!r} is not a {kind.noun} option, so its values must be option "
+                    f"bundles (mappings such as {kind.bundle}); got {value!r}"
                 )
         labels = [label(v) for v in parsed]
         if len(set(labels)) != len(labels):
@@ -317,26 +334,34 @@ def parse_grid(data: Any, name: str, where: str = "<grid>") -> Grid:
         raise GridError(
             f"{where}: unknown keys {sorted(unknown)}; a grid has {', '.join(TOP_KEYS)}"
         )
-    axes = parse_axes(data.get("axes"), f"{where}: axes")
-    fixed = options(data.get("fixed"), f"{where}: fixed")
-    overlap = set(fixed) & set(axes)
-    if overlap:
-        raise GridError(f"{where}: {sorted(overlap)} both fixed and an axis; keep one")
-    name = str(data.get("name") or name)
+    fields = common_fields(data, name, where, RUN_OPTIONS)
     return Grid(
-        name=name,
-        out=Path(data.get("out") or f"runs/sweeps/{name}"),
-        fixed=fixed,
-        axes=axes,
-        exclude=parse_exclude(data.get("exclude"), axes, f"{where}: exclude"),
-        select=parse_select(data.get("select"), axes, f"{where}: select"),
+        **fields,
+        exclude=parse_exclude(data.get("exclude"), fields["axes"], f"{where}: exclude"),
+        select=parse_select(data.get("select"), fields["axes"], f"{where}: select"),
         executor=parse_executor(data.get("executor"), f"{where}: executor"),
         source=where,
     )
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and check a YAML grid file (needs PyYAML: pip install 'tta[sweep]')."""
+def common_fields(data: dict[str, Any], name: str, where: str, kind: OptionKind) -> dict[str, Any]:
+    """`name`, `out`, `fixed` and `axes` of a grid of any kind, checked in that kind's options."""
+    axes = parse_axes(data.get("axes"), f"{where}: axes", kind)
+    fixed = options(data.get("fixed"), f"{where}: fixed", kind)
+    overlap = set(fixed) & set(axes)
+    if overlap:
+        raise GridError(f"{where}: {sorted(overlap)} both fixed and an axis; keep one")
+    name = str(data.get("name") or name)
+    return {
+        "name": name,
+        "out": Path(data.get("out") or f"runs/sweeps/{name}"),
+        "fixed": fixed,
+        "axes": axes,
+    }
+
+
+def load_grid(path: str | Path, parse: Callable[[Any, str, str], Grid] = parse_grid) -> Grid:
+    """Read a YAML grid file and check it with `parse` (needs PyYAML: pip install 'tta[sweep]')."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"grid file {str(path)!r} does not exist")
@@ -348,12 +373,17 @@ def load_grid(path: str | Path) -> Grid:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise GridError(f"{path}: not valid YAML: {error}") from error
-    return parse_grid(data, path.stem, str(path))
+    return parse(data, path.stem, str(path))
 
 
-def with_overrides(grid: Grid, fixed: dict[str, Any], executor: dict[str, Any]) -> Grid:
-    """The grid with command-line overrides: fixed options (`--set`) and executor flags."""
-    new_fixed = {**grid.fixed, **options(fixed, "--set")}
+G = TypeVar("G", bound=Grid)
+
+
+def with_overrides(
+    grid: G, fixed: dict[str, Any], executor: dict[str, Any], kind: OptionKind = RUN_OPTIONS
+) -> G:
+    """The grid with command-line overrides: fixed options (`--set`, `kind`'s) and executor flags."""
+    new_fixed = {**grid.fixed, **options(fixed, "--set", kind)}
     overlap = set(new_fixed) & set(grid.axes)
     if overlap:
         raise GridError(f"--set {sorted(overlap)}: those are axes of the grid")

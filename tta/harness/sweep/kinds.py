@@ -7,13 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tta.harness.sweep.finetune_grid import (
-    FinetuneGrid,
-    parse_finetune_grid,
-    with_finetune_overrides,
-)
+from tta.harness.sweep.finetune_grid import FINETUNE_OPTIONS, FinetuneGrid, parse_finetune_grid
 from tta.harness.sweep.finetune_plan import build_finetune_plan
-from tta.harness.sweep.grid import Grid, GridError, parse_grid, with_overrides
+from tta.harness.sweep.grid import Grid, GridError, load_grid, parse_grid, with_overrides
 from tta.harness.sweep.plan import Plan, build_plan
 
 KINDS = ("run", "finetune")
@@ -32,18 +28,7 @@ def parse_any_grid(data: Any, name: str, where: str = "<grid>") -> Grid:
 
 def load_any_grid(path: str | Path) -> Grid:
     """Read and check a YAML grid file of any kind (needs PyYAML: pip install 'tta[sweep]')."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {str(path)!r} does not exist")
-    try:
-        import yaml
-    except ImportError as error:  # pragma: no cover - the sweep extra installs it
-        raise RuntimeError("tta-sweep reads YAML with PyYAML: pip install 'tta[sweep]'") from error
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise GridError(f"{path}: not valid YAML: {error}") from error
-    return parse_any_grid(data, path.stem, str(path))
+    return load_grid(path, parse_any_grid)
 
 
 def plan_of(grid: Grid) -> Plan:
@@ -53,5 +38,5 @@ def plan_of(grid: Grid) -> Plan:
 def overrides(grid: Grid, fixed: dict[str, Any], executor: dict[str, Any]) -> Grid:
     """`--set` and executor flags, checked against the grid kind's options."""
     if isinstance(grid, FinetuneGrid):
-        return with_finetune_overrides(grid, fixed, executor)
+        return with_overrides(grid, fixed, executor, FINETUNE_OPTIONS)
     return with_overrides(grid, fixed, executor)

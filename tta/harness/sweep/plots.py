@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,8 @@ MAX_STREAM_LINES = 6
 MAX_GAP_ROWS = 30
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend: reports are drawn without a display."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,10 +33,11 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes (for embedding in a report), then closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -44,7 +47,7 @@ def _short(name: str, width: int = 48) -> str:
 
 def heatmap(rows: Sequence[Row]) -> bytes:
     """Row x domain error (%), best rows first."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = [r for r in rows if r.per_domain][:MAX_HEATMAP_ROWS]
     columns = domain_columns(shown)
     names = [name for name, _ in columns]
@@ -90,18 +93,18 @@ def heatmap(rows: Sequence[Row]) -> bytes:
                 ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, label="error (%)", fraction=0.03, pad=0.01)
     ax.set_title("test error (%) per domain, mean over seeds" + note, fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def error_vs_speed(rows: Sequence[Row]) -> bytes:
     """Mean error against images/s: colour by the first axis (e.g. method), marker by the
     second (e.g. selector); the best few rows are labelled."""
-    plt = _pyplot()
+    plt = pyplot()
     points = [r for r in rows if r.mean is not None and r.costs.get("images_per_s")]
     fig, ax = plt.subplots(figsize=(9, 5.5))
     if not points:
         ax.text(0.5, 0.5, "no finished run reports images/s", ha="center", transform=ax.transAxes)
-        return _png(fig)
+        return png_bytes(fig)
     names = list(points[0].axes)
     first = list(dict.fromkeys(r.axes.get(names[0], "") for r in points)) if names else [""]
     second = (
@@ -165,7 +168,7 @@ def error_vs_speed(rows: Sequence[Row]) -> bytes:
     shown = min(len(points), MAX_LABELLED_POINTS)
     ax.set_title(f"error vs throughput (#k: leaderboard rank, best {shown} marked)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _plain(minor: bool = False):
@@ -191,7 +194,7 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
 def along_stream(rows: Sequence[Row]) -> bytes:
     """Error along the stream of the best rows: per batch when runs have `stream`, else
     per domain in stream order."""
-    plt = _pyplot()
+    plt = pyplot()
     best = [r for r in rows if r.mean is not None][:MAX_STREAM_LINES]
     per_batch = [r for r in best if r.stream]
     fig, ax = plt.subplots(figsize=(10, 4.8))
@@ -218,12 +221,12 @@ def along_stream(rows: Sequence[Row]) -> bytes:
     ax.grid(alpha=0.3)
     if best:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def selection_gap(gaps: Sequence[Gap]) -> bytes:
     """Per row: test error of the setting chosen on validation beside the oracle's."""
-    plt = _pyplot()
+    plt = pyplot()
     known = [g for g in gaps if g.selected_test_error is not None]
     known.sort(key=lambda g: -(g.gap or 0.0))
     shown = known[:MAX_GAP_ROWS]
@@ -250,4 +253,4 @@ def selection_gap(gaps: Sequence[Gap]) -> bytes:
     ax.grid(axis="x", alpha=0.3)
     right = np.nanmax([*selected, *oracle]) if shown else 1.0
     ax.set_xlim(0, right * 1.18 + 1)
-    return _png(fig)
+    return png_bytes(fig)
