@@ -71,6 +71,7 @@ from tta.losses.cotta import ema_update, soft_cross_entropy
 from tta.losses.lame import last_linear
 from tta.losses.prototype_loss import PrototypeContrastLoss, check_int
 from tta.losses.prototypes import FeatureTap, SourceData
+from tta.progress import progress
 from tta.registry import LOSSES
 
 
@@ -183,7 +184,7 @@ class RMTLoss(PrototypeContrastLoss):
             for p in params:
                 p.requires_grad_(True)
             with torch.enable_grad(), frozen_buffers(model):
-                for i in range(steps):
+                for i in progress(range(steps), desc="rmt warm-up on source", unit="step"):
                     for group in optimizer.param_groups:
                         group["lr"] = self.aux_lr * (i + 1) / steps
                     images, _ = self.source.next()
