@@ -40,6 +40,23 @@ def test_every_protocol_states_consistent_published_numbers():
         protocol("mnist")
 
 
+def test_the_zoo_leaderboard_is_stated_for_the_continual_protocols():
+    """tta-benchmark's continual rows (issue 13) sit beside our methods, each runnable."""
+    from tta.registry import LOSSES
+
+    rows = {
+        name: {p.method: p.error for p in protocol(name).published if p.source == "tta-benchmark"}
+        for name in ("cifar10c-continual", "cifar100c-continual", "imagenetc-continual")
+    }
+    assert rows["cifar10c-continual"]["roid"] == 16.2 and rows["cifar10c-continual"]["lame"] == 64.3
+    assert (
+        rows["cifar100c-continual"]["rmt"] == 30.2 and rows["imagenetc-continual"]["roid"] == 54.5
+    )
+    for errors in rows.values():
+        assert len(errors) == 11 and min(errors, key=errors.get) == "roid"
+        assert all(parse_method(m)[0] in LOSSES for m in errors)
+
+
 def test_parse_method():
     assert parse_method("tent") == ("tent", "all")
     assert parse_method("pl+gala") == ("pl", "gala")
