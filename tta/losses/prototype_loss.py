@@ -49,17 +49,17 @@ class PrototypeContrastLoss(Loss):
     }
     reference_name = "second model"  # what __call__'s refusal says the loss needs
 
-    def _set_contrast_options(
+    def __init__(
         self,
-        source_data: SourceData | None,
-        num_samples: int,
-        lambda_ce_trg: float,
-        lambda_cont: float,
-        temperature: float,
-        projection_dim: int,
-        source_batch_size: int,
-        aux_optimizer: str,
-        aux_lr: float,
+        source_data: SourceData | None = None,
+        num_samples: int = default_num_samples,
+        lambda_ce_trg: float = 1.0,
+        lambda_cont: float = 1.0,
+        temperature: float = 0.1,
+        projection_dim: int = 128,
+        source_batch_size: int = 200,
+        aux_optimizer: str = "adam",
+        aux_lr: float = 1e-3,
     ) -> None:
         """Check and keep the options both methods take; build the projector's holder."""
         who = f"loss {self.name!r}"

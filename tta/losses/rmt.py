@@ -118,7 +118,7 @@ class RMTLoss(PrototypeContrastLoss):
         aux_optimizer: str = "adam",
         aux_lr: float = 1e-3,
     ) -> None:
-        self._set_contrast_options(
+        super().__init__(
             source_data,
             num_samples,
             lambda_ce_trg,

@@ -52,7 +52,7 @@ from tta.context import LossContext
 from tta.losses.cotta import soft_cross_entropy
 from tta.losses.lame import last_linear
 from tta.losses.prototype_loss import PrototypeContrastLoss
-from tta.losses.prototypes import FeatureTap, SourceData
+from tta.losses.prototypes import FeatureTap
 from tta.registry import LOSSES
 
 
@@ -70,31 +70,7 @@ class SANTALoss(PrototypeContrastLoss):
     name = "santa"
     default_params = "norm"
     reference_name = "anchor model"
-
-    def __init__(
-        self,
-        source_data: SourceData | None = None,
-        num_samples: int = PrototypeContrastLoss.default_num_samples,
-        lambda_ce_trg: float = 1.0,
-        lambda_cont: float = 1.0,
-        temperature: float = 0.1,
-        projection_dim: int = 128,
-        source_batch_size: int = 200,
-        aux_optimizer: str = "adam",
-        aux_lr: float = 1e-3,
-    ) -> None:
-        self._set_contrast_options(
-            source_data,
-            num_samples,
-            lambda_ce_trg,
-            lambda_cont,
-            temperature,
-            projection_dim,
-            source_batch_size,
-            aux_optimizer,
-            aux_lr,
-        )
-        self.anchor: nn.Module | None = None
+    anchor: nn.Module | None = None  # the frozen source copy, made in `configure`
 
     def check_model(self, model: nn.Module) -> None:
         require_images(model, "loss 'santa'", "trains on augmented images")
